@@ -1,0 +1,241 @@
+//! Configuration: the YAML file format (`file.rs`, serde structs that mirror it) is validated once
+//! into the runtime types below. Runtime code never sees the file format or an `Option` that
+//! validation could have settled. This is the only place YAML is known.
+
+mod file;
+mod units;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::alg::ProofAlg;
+use crate::routes::RouteTable;
+
+pub use file::{load, parse};
+pub use units::{parse_duration, parse_size};
+
+/// A configuration error: which file, which field, what was expected.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {path}: {message}")]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// Dotted field path, e.g. `routes[2].match.path`; `(root)` for the document itself.
+    pub path: String,
+    /// What was wrong and what was expected (with line and column when the parser knows them).
+    pub message: String,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// File it was loaded from (for messages).
+    pub source: PathBuf,
+    /// Gateway listen address, `host:port`.
+    pub listen: String,
+    /// External origin clients use, for `htu` and `Location` rewriting.
+    pub public_origin: Option<PublicOrigin>,
+    /// Peers whose `X-Forwarded-*` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Metrics listener; `None` opens none.
+    pub metrics: Option<MetricsConfig>,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// How sessions are read.
+    pub session: SessionConfig,
+    /// Confirmation parameters.
+    pub confirmation: ConfirmationConfig,
+    /// Provenance signing.
+    pub provenance: ProvenanceConfig,
+    /// Replay store.
+    pub store: StoreConfig,
+    /// Audit log.
+    pub audit: AuditConfig,
+    /// Compiled route table, first match wins.
+    pub routes: RouteTable,
+    /// Process settings (threads, shutdown).
+    pub server: ServerConfig,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// `public_origin`: scheme, host, port and an optional path prefix an outer proxy strips.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicOrigin {
+    /// `http` or `https`, lower case.
+    pub scheme: String,
+    /// Host, lower case (IPv6 literals keep their brackets).
+    pub host: String,
+    /// Port when not the scheme's default.
+    pub port: Option<u16>,
+    /// Path prefix without trailing slash, e.g. `/admin`; empty when none.
+    pub prefix: String,
+}
+
+impl PublicOrigin {
+    /// `scheme://host[:port]`, without the prefix.
+    pub fn origin(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}://{}:{}", self.scheme, self.host, p),
+            None => format!("{}://{}", self.scheme, self.host),
+        }
+    }
+}
+
+/// `metrics:`.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Listen address, `host:port`.
+    pub listen: String,
+}
+
+/// One entry of `upstreams:`.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Its name in the config.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Connect with TLS.
+    pub tls: bool,
+    /// SNI and certificate name when `tls`; defaults to the host part of `address`.
+    pub sni: String,
+    /// Connect timeout (default 5 s).
+    pub connect_timeout: Duration,
+    /// Read timeout between bytes of the response (default 30 s).
+    pub read_timeout: Duration,
+}
+
+/// `session:`.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Where the credential is and how it is verified.
+    pub kind: SessionKind,
+    /// How `Authorization: DPoP` is presented upstream.
+    pub upstream_scheme: UpstreamScheme,
+    /// How long a first-use device binding lasts (default 12 h).
+    pub binding_ttl: Duration,
+    /// Accept `Authorization: Bearer` for tokens without `cnf` (default false).
+    pub allow_bearer_scheme: bool,
+    /// Header an upstream auth proxy sets with the subject; trusted only from `trusted_proxies`.
+    pub subject_header: Option<String>,
+}
+
+/// `session.kind` and its parameters.
+#[derive(Debug, Clone)]
+pub enum SessionKind {
+    /// `Authorization: DPoP <jwt>`.
+    BearerJwt {
+        /// Verification keys.
+        keys: JwtKeys,
+        /// Required `iss`.
+        issuer: Option<String>,
+        /// Required `aud`.
+        audience: Option<String>,
+    },
+    /// Cookie named `session.cookie`.
+    Cookie {
+        /// Cookie name.
+        name: String,
+    },
+    /// Header named `session.header`.
+    Header {
+        /// Header name, lower case.
+        name: String,
+    },
+}
+
+/// Where session JWT keys come from.
+#[derive(Debug, Clone)]
+pub enum JwtKeys {
+    /// `session.jwks_file`.
+    JwksFile(PathBuf),
+    /// `session.public_key_pem`.
+    PublicKeyPem(PathBuf),
+    /// `session.hs256_secret_env`: the variable's name.
+    Hs256Env(String),
+}
+
+/// `session.upstream_scheme`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamScheme {
+    /// Rewrite `Authorization: DPoP` to `Bearer` (default).
+    Bearer,
+    /// Forward the scheme unchanged.
+    Dpop,
+}
+
+/// `confirmation:`.
+#[derive(Debug, Clone)]
+pub struct ConfirmationConfig {
+    /// Accepted proof algorithms (default ES256, EdDSA).
+    pub algs: Vec<ProofAlg>,
+    /// Nonce lifetime (default 60 s).
+    pub nonce_ttl: Duration,
+    /// Oldest accepted `iat` (default 60 s).
+    pub proof_max_age: Duration,
+    /// Tolerance for `iat` in the future (default 5 s).
+    pub clock_skew: Duration,
+    /// Continuation nonce lifetime after a redirect (default 30 s).
+    pub continuation_ttl: Duration,
+    /// Largest buffered high-impact body in bytes (default 1 MiB).
+    pub max_body: usize,
+}
+
+/// `provenance:`.
+#[derive(Debug, Clone, Default)]
+pub struct ProvenanceConfig {
+    /// PKCS#8 PEM signing key; `None` generates an ephemeral one.
+    pub signing_key: Option<PathBuf>,
+}
+
+/// `store:`.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// In-process, bounded.
+    Memory {
+        /// Most entries held (default 1 000 000).
+        max_entries: u64,
+    },
+    /// Shared by replicas.
+    Redis {
+        /// `redis://`, `rediss://`, `redis+sentinel://` or `redis+cluster://` URL.
+        url: String,
+        /// Per-operation timeout (default 250 ms).
+        timeout: Duration,
+    },
+}
+
+/// `audit:`.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// File to append to; `None` writes to stdout.
+    pub path: Option<PathBuf>,
+    /// Also write every record to stdout when `path` is set.
+    pub stdout: bool,
+    /// Audit passthrough requests too (default false).
+    pub passthrough: bool,
+}
+
+/// `server:` (an extension): process settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Worker threads (default: number of CPUs).
+    pub threads: usize,
+    /// How long SIGTERM waits before stopping to accept (default 0 s).
+    pub grace_period: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM (default 10 s).
+    pub shutdown_timeout: Duration,
+}
+
+/// `log:` (an extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogConfig {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
