@@ -12,6 +12,8 @@ pub enum Reason {
     BodyTooLarge,
     /// More than one `DPoP` header, not a compact JWS, bad base64/JSON, or mixed schemes.
     Malformed,
+    /// `Authorization: Bearer` with a DPoP proof for a DPoP-bound token (400 `invalid_request`).
+    MixedSchemes,
     /// `typ` is not `dpop+jwt`.
     BadTyp,
     /// `alg` not allowed (never `none`, never HMAC), or not matching the key type.
@@ -55,7 +57,7 @@ impl Reason {
             Reason::NoSession => "no_session",
             Reason::InvalidSession => "invalid_session",
             Reason::BodyTooLarge => "body_too_large",
-            Reason::Malformed => "malformed",
+            Reason::Malformed | Reason::MixedSchemes => "malformed",
             Reason::BadTyp => "bad_typ",
             Reason::BadAlg => "bad_alg",
             Reason::BadJwk => "bad_jwk",
@@ -79,7 +81,7 @@ impl Reason {
     pub fn error_code(self) -> &'static str {
         match self {
             Reason::NoSession | Reason::InvalidSession => "invalid_token",
-            Reason::BodyTooLarge => "invalid_request",
+            Reason::BodyTooLarge | Reason::MixedSchemes => "invalid_request",
             Reason::NonceMissing
             | Reason::NonceExpired
             | Reason::NonceReplay
@@ -93,6 +95,7 @@ impl Reason {
     pub fn status(self) -> u16 {
         match self {
             Reason::BodyTooLarge => 413,
+            Reason::MixedSchemes => 400,
             Reason::StoreUnavailable | Reason::AuditUnavailable => 503,
             _ => 401,
         }
@@ -105,6 +108,7 @@ impl Reason {
             Reason::InvalidSession => "session credential invalid or expired",
             Reason::BodyTooLarge => "request body exceeds the confirmation limit",
             Reason::Malformed => "DPoP proof is not a single compact JWS",
+            Reason::MixedSchemes => "a DPoP-bound token must use the DPoP scheme, not Bearer",
             Reason::BadTyp => "DPoP proof typ must be dpop+jwt",
             Reason::BadAlg => "DPoP proof alg is not accepted",
             Reason::BadJwk => "DPoP proof must embed one public jwk and nothing else",

@@ -1,0 +1,400 @@
+//! Reading the session the legacy app or IdP already issued (CONTRACT §2): a DPoP-bound or bearer
+//! JWT, a cookie, or a header. The gateway never owns sessions; it only identifies them, verifies
+//! what can be verified, and keeps their credentials out of every log.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::HeaderMap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use moka::sync::Cache;
+use moka::Expiry;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::{JwtKeys, SessionConfig, SessionKind};
+
+/// A session identified on a request.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The session id (`sid`, else `jti`, else a hash of the credential).
+    pub id: String,
+    /// The subject, when known.
+    pub subject: Option<String>,
+    /// base64url(SHA-256(credential)): what a proof's `ath` must equal.
+    pub ath: String,
+    /// `cnf.jkt` of a DPoP-bound token.
+    pub cnf_jkt: Option<String>,
+    /// Whether the credential came as `Authorization: Bearer`.
+    pub bearer_scheme: bool,
+}
+
+impl Session {
+    /// First 16 hex digits of SHA-256 of the session id: what audit records show.
+    pub fn id_hash(&self) -> String {
+        let digest = Sha256::digest(self.id.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Why no session could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionError {
+    /// No credential on the request.
+    Missing,
+    /// A credential that does not verify, has expired, or comes in an unaccepted form.
+    Invalid,
+    /// A DPoP-bound token sent with the `Bearer` scheme (RFC 9449 §7.2).
+    Downgrade,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    sid: Option<String>,
+    jti: Option<String>,
+    exp: Option<i64>,
+    cnf: Option<Cnf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Cnf {
+    jkt: Option<String>,
+}
+
+struct TokenKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+struct Verified {
+    claims: Claims,
+    expires: SystemTime,
+}
+
+struct UntilExp;
+
+impl Expiry<[u8; 32], Arc<Verified>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        v: &Arc<Verified>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(
+            v.expires
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+}
+
+/// Verifies session JWTs, caching each verified token by its hash until its `exp`.
+struct JwtVerifier {
+    keys: Vec<TokenKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: u64,
+    cache: Cache<[u8; 32], Arc<Verified>>,
+}
+
+/// Reads sessions as configured.
+pub struct Sessions {
+    config: SessionConfig,
+    jwt: Option<JwtVerifier>,
+}
+
+/// A session key material problem at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct KeyLoadError {
+    /// The config field.
+    pub field: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl Sessions {
+    /// Prepares session reading, loading JWT keys when `kind` is `bearer_jwt`.
+    pub fn new(config: &SessionConfig, clock_skew: Duration) -> Result<Sessions, KeyLoadError> {
+        let jwt = match &config.kind {
+            SessionKind::BearerJwt {
+                keys,
+                issuer,
+                audience,
+            } => Some(JwtVerifier {
+                keys: load_keys(keys)?,
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                leeway: clock_skew.as_secs(),
+                cache: Cache::builder()
+                    .max_capacity(100_000)
+                    .expire_after(UntilExp)
+                    .build(),
+            }),
+            _ => None,
+        };
+        Ok(Sessions {
+            config: config.clone(),
+            jwt,
+        })
+    }
+
+    /// Identifies the session of a request. `trusted_peer` says whether `subject_header` may be
+    /// believed.
+    pub fn read(&self, headers: &HeaderMap, trusted_peer: bool) -> Result<Session, SessionError> {
+        let subject_from_proxy = || {
+            let name = self.config.subject_header.as_deref()?;
+            if !trusted_peer {
+                return None;
+            }
+            headers.get(name)?.to_str().ok().map(str::to_owned)
+        };
+        match (&self.config.kind, &self.jwt) {
+            (SessionKind::BearerJwt { .. }, Some(jwt)) => {
+                let (scheme_bearer, token) = authorization(headers)?;
+                let claims = jwt.verify(token)?;
+                let cnf_jkt = claims.cnf.as_ref().and_then(|c| c.jkt.clone());
+                if scheme_bearer && cnf_jkt.is_some() {
+                    return Err(SessionError::Downgrade);
+                }
+                if scheme_bearer && !self.config.allow_bearer_scheme {
+                    return Err(SessionError::Invalid);
+                }
+                let id = claims
+                    .sid
+                    .clone()
+                    .or_else(|| claims.jti.clone())
+                    .unwrap_or_else(|| hex(&Sha256::digest(token.as_bytes())));
+                Ok(Session {
+                    id,
+                    subject: claims.sub.clone(),
+                    ath: ath(token),
+                    cnf_jkt,
+                    bearer_scheme: scheme_bearer,
+                })
+            }
+            (SessionKind::Cookie { name }, _) => {
+                let value = cookie(headers, name).ok_or(SessionError::Missing)?;
+                Ok(opaque(value, subject_from_proxy()))
+            }
+            (SessionKind::Header { name }, _) => {
+                let mut values = headers.get_all(name.as_str()).iter();
+                let value = values.next().ok_or(SessionError::Missing)?;
+                if values.next().is_some() {
+                    return Err(SessionError::Invalid);
+                }
+                let value = value.to_str().map_err(|_| SessionError::Invalid)?;
+                if value.is_empty() {
+                    return Err(SessionError::Missing);
+                }
+                Ok(opaque(value, subject_from_proxy()))
+            }
+            (SessionKind::BearerJwt { .. }, None) => Err(SessionError::Invalid),
+        }
+    }
+}
+
+fn opaque(value: &str, subject: Option<String>) -> Session {
+    Session {
+        id: hex(&Sha256::digest(value.as_bytes())),
+        subject,
+        ath: ath(value),
+        cnf_jkt: None,
+        bearer_scheme: false,
+    }
+}
+
+/// base64url(SHA-256(credential)), the RFC 9449 §4.2 `ath`.
+pub fn ath(credential: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(credential.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The one `Authorization` header: (is Bearer, token).
+fn authorization(headers: &HeaderMap) -> Result<(bool, &str), SessionError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(SessionError::Missing)?;
+    if values.next().is_some() {
+        return Err(SessionError::Invalid);
+    }
+    let value = value.to_str().map_err(|_| SessionError::Invalid)?;
+    let (scheme, token) = value.split_once(' ').ok_or(SessionError::Invalid)?;
+    let token = token.trim_start_matches(' ');
+    if token.is_empty() {
+        return Err(SessionError::Missing);
+    }
+    if scheme.eq_ignore_ascii_case("DPoP") {
+        Ok((false, token))
+    } else if scheme.eq_ignore_ascii_case("Bearer") {
+        Ok((true, token))
+    } else {
+        Err(SessionError::Invalid)
+    }
+}
+
+/// The first cookie called `name`.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+        .filter(|v| !v.is_empty())
+}
+
+impl JwtVerifier {
+    fn verify(&self, token: &str) -> Result<Arc<Verified>, SessionError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = SystemTime::now();
+        if let Some(hit) = self.cache.get(&digest) {
+            if hit.expires > now {
+                return Ok(hit);
+            }
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| SessionError::Invalid)?;
+        let candidates = self.keys.iter().filter(|k| {
+            k.alg == header.alg && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
+        });
+        for candidate in candidates {
+            let mut validation = Validation::new(candidate.alg);
+            validation.leeway = self.leeway;
+            validation.validate_nbf = true;
+            validation.set_required_spec_claims(&["exp"]);
+            match &self.audience {
+                Some(aud) => validation.set_audience(&[aud]),
+                None => validation.validate_aud = false,
+            }
+            if let Some(iss) = &self.issuer {
+                validation.set_issuer(&[iss]);
+            }
+            if let Ok(data) = jsonwebtoken::decode::<Claims>(token, &candidate.key, &validation) {
+                let exp = data.claims.exp.unwrap_or(0).max(0) as u64;
+                let verified = Arc::new(Verified {
+                    expires: UNIX_EPOCH + Duration::from_secs(exp),
+                    claims: data.claims,
+                });
+                self.cache.insert(digest, verified.clone());
+                return Ok(verified);
+            }
+        }
+        Err(SessionError::Invalid)
+    }
+}
+
+impl std::ops::Deref for Verified {
+    type Target = Claims;
+    fn deref(&self) -> &Claims {
+        &self.claims
+    }
+}
+
+fn load_keys(keys: &JwtKeys) -> Result<Vec<TokenKey>, KeyLoadError> {
+    match keys {
+        JwtKeys::JwksFile(path) => {
+            let err = |message: String| KeyLoadError {
+                field: "session.jwks_file",
+                message,
+            };
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+            let set: JwkSet = serde_json::from_str(&text)
+                .map_err(|e| err(format!("{} is not a JWKS: {e}", path.display())))?;
+            let mut out = Vec::new();
+            for jwk in &set.keys {
+                let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
+                    (_, Some(a)) => a.to_string().parse::<Algorithm>().ok(),
+                    (AlgorithmParameters::RSA(_), None) => Some(Algorithm::RS256),
+                    (AlgorithmParameters::EllipticCurve(ec), None) => match ec.curve {
+                        EllipticCurve::P256 => Some(Algorithm::ES256),
+                        EllipticCurve::P384 => Some(Algorithm::ES384),
+                        _ => None,
+                    },
+                    (AlgorithmParameters::OctetKeyPair(_), None) => Some(Algorithm::EdDSA),
+                    _ => None,
+                };
+                let (Some(alg), Ok(key)) = (alg, DecodingKey::from_jwk(jwk)) else {
+                    continue;
+                };
+                out.push(TokenKey {
+                    kid: jwk.common.key_id.clone(),
+                    alg,
+                    key,
+                });
+            }
+            if out.is_empty() {
+                return Err(err(format!("{} holds no usable key", path.display())));
+            }
+            Ok(out)
+        }
+        JwtKeys::PublicKeyPem(path) => {
+            let err = |message: String| KeyLoadError {
+                field: "session.public_key_pem",
+                message,
+            };
+            let pem = std::fs::read(path)
+                .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+            let mut out = Vec::new();
+            if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                for alg in [Algorithm::RS256, Algorithm::PS256] {
+                    out.push(TokenKey {
+                        kid: None,
+                        alg,
+                        key: key.clone(),
+                    });
+                }
+            } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                for alg in [Algorithm::ES256, Algorithm::ES384] {
+                    out.push(TokenKey {
+                        kid: None,
+                        alg,
+                        key: key.clone(),
+                    });
+                }
+            } else if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
+                out.push(TokenKey {
+                    kid: None,
+                    alg: Algorithm::EdDSA,
+                    key,
+                });
+            } else {
+                return Err(err(format!(
+                    "{} is not an RSA, EC or Ed25519 public key in PEM",
+                    path.display()
+                )));
+            }
+            Ok(out)
+        }
+        JwtKeys::Hs256Env(var) => {
+            let secret = std::env::var(var).map_err(|_| KeyLoadError {
+                field: "session.hs256_secret_env",
+                message: format!("environment variable {var} is not set"),
+            })?;
+            if secret.len() < 32 {
+                return Err(KeyLoadError {
+                    field: "session.hs256_secret_env",
+                    message: format!("{var} must hold at least 32 bytes"),
+                });
+            }
+            let key = DecodingKey::from_secret(secret.as_bytes()).map_err(|e| KeyLoadError {
+                field: "session.hs256_secret_env",
+                message: format!("{var} is not a usable HMAC key: {e}"),
+            })?;
+            Ok(vec![TokenKey {
+                kid: None,
+                alg: Algorithm::HS256,
+                key,
+            }])
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The replay and binding store: nonces, `jti`s and device bindings. Every single-use decision is
+//! one atomic operation here (never get-then-remove), so of N concurrent identical confirmations
+//! exactly one wins. Keys are SHA-256 digests: no credential or proof ever becomes a key.
+
+mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+pub use memory::MemoryStore;
+
+/// A store key: SHA-256 over a namespace and the item.
+pub type Key = [u8; 32];
+
+/// Derives the key of `item` in `namespace` (`nonce`, `jti`, `binding`).
+pub fn key(namespace: &str, parts: &[&[u8]]) -> Key {
+    let mut h = Sha256::new();
+    h.update(namespace.as_bytes());
+    for p in parts {
+        // Length-prefixed, so ("ab","c") and ("a","bc") never collide.
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// What a nonce was issued for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonceRecord {
+    /// SHA-256 of (session id, method, target, body SHA-256): see `nonce::Action::binding`.
+    pub action: [u8; 32],
+    /// The device key the session was bound to when the nonce was issued.
+    pub device: Option<String>,
+}
+
+impl NonceRecord {
+    /// Whether a presenter of `action` with key `device` may consume this nonce (constant time).
+    pub fn matches(&self, action: &[u8; 32], device: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let action_ok: bool = self.action.ct_eq(action).into();
+        let device_ok = match &self.device {
+            Some(bound) => bool::from(bound.as_bytes().ct_eq(device.as_bytes())),
+            None => true,
+        };
+        action_ok & device_ok
+    }
+}
+
+/// The outcome of trying to consume a nonce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Take {
+    /// Consumed now: this caller is the one winner.
+    Consumed(NonceRecord),
+    /// Never issued, or expired.
+    Unknown,
+    /// Already consumed.
+    Used,
+    /// Issued for another session, action or device; left unconsumed.
+    Mismatch,
+}
+
+/// The outcome of binding a device key to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// The session was unbound and is now bound to this key.
+    New,
+    /// Already bound to this key.
+    Same,
+    /// Bound to another key.
+    Other,
+}
+
+/// The store could not answer; high-impact routes fail closed on it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// At `max_entries`: new challenges are refused rather than replay records evicted.
+    #[error("replay store is full")]
+    Full,
+    /// The backend did not answer in time or answered an error.
+    #[error("replay store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The operations the gateway needs, with identical semantics on every backend.
+#[async_trait]
+pub trait ReplayStore: Send + Sync {
+    /// Records a fresh nonce for `ttl`.
+    async fn put_nonce(
+        &self,
+        nonce: &Key,
+        record: NonceRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Consumes the nonce in one atomic step if it was issued for `action` and (when it names one)
+    /// `device`; a mismatching presenter does not burn it.
+    async fn take_nonce(
+        &self,
+        nonce: &Key,
+        action: &[u8; 32],
+        device: &str,
+    ) -> Result<Take, StoreError>;
+    /// Records a `jti` for `ttl`; false when it was already there.
+    async fn claim_jti(&self, jti: &Key, ttl: Duration) -> Result<bool, StoreError>;
+    /// Binds `jkt` to a session on first use.
+    async fn bind_device(
+        &self,
+        session: &Key,
+        jkt: &str,
+        ttl: Duration,
+    ) -> Result<Bind, StoreError>;
+    /// The key bound to a session, if any.
+    async fn device(&self, session: &Key) -> Result<Option<String>, StoreError>;
+    /// Nonces issued and neither consumed nor expired (approximate).
+    fn outstanding_nonces(&self) -> u64;
+    /// Whether the backend answers now.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// The backend's name for metric labels.
+    fn backend(&self) -> &'static str;
+}
