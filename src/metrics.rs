@@ -1,0 +1,197 @@
+//! Prometheus metrics (CONTRACT §7). Names are constants here; labels carry only route names,
+//! decisions, reasons and backends, never paths, subjects or ids. Each gateway instance has its
+//! own registry (so two gateways in one process never mix counts); `/metrics` serves it together
+//! with the process-wide default registry.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// `countersign_requests_total{route, decision}`.
+pub const REQUESTS: &str = "countersign_requests_total";
+/// `countersign_rejections_total{route, reason}`.
+pub const REJECTIONS: &str = "countersign_rejections_total";
+/// `countersign_proof_verify_seconds`.
+pub const PROOF_VERIFY: &str = "countersign_proof_verify_seconds";
+/// `countersign_upstream_seconds{route}`.
+pub const UPSTREAM: &str = "countersign_upstream_seconds";
+/// `countersign_nonces_outstanding`.
+pub const NONCES_OUTSTANDING: &str = "countersign_nonces_outstanding";
+/// `countersign_replays_blocked_total{route}`.
+pub const REPLAYS_BLOCKED: &str = "countersign_replays_blocked_total";
+/// `countersign_audit_write_failures_total`.
+pub const AUDIT_FAILURES: &str = "countersign_audit_write_failures_total";
+/// `countersign_store_errors_total{backend}`.
+pub const STORE_ERRORS: &str = "countersign_store_errors_total";
+/// `countersign_build_info{version}`.
+pub const BUILD_INFO: &str = "countersign_build_info";
+/// `countersign_config_routes{risk}`.
+pub const CONFIG_ROUTES: &str = "countersign_config_routes";
+
+/// The request decisions of `countersign_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Low-risk, forwarded untouched.
+    Passthrough,
+    /// Answered with a nonce.
+    Challenged,
+    /// Refused.
+    Rejected,
+    /// Confirmed and forwarded.
+    Accepted,
+}
+
+impl Decision {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Passthrough => "passthrough",
+            Decision::Challenged => "challenged",
+            Decision::Rejected => "rejected",
+            Decision::Accepted => "accepted",
+        }
+    }
+}
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route and decision.
+    pub requests: IntCounterVec,
+    /// Refusals by route and reason.
+    pub rejections: IntCounterVec,
+    /// Proof verification latency.
+    pub proof_verify: Histogram,
+    /// Upstream latency by route.
+    pub upstream: HistogramVec,
+    /// Outstanding nonces.
+    pub nonces_outstanding: IntGauge,
+    /// Replays blocked by route.
+    pub replays_blocked: IntCounterVec,
+    /// Audit write failures.
+    pub audit_failures: IntCounter,
+    /// Store errors by backend.
+    pub store_errors: IntCounterVec,
+    /// Configured routes by risk.
+    pub config_routes: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(REQUESTS, "Requests by route and decision."),
+            &["route", "decision"],
+        )
+        .expect("static metric definition is valid");
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                REJECTIONS,
+                "Refused high-impact requests by route and reason.",
+            ),
+            &["route", "reason"],
+        )
+        .expect("static metric definition is valid");
+        let proof_verify = Histogram::with_opts(
+            HistogramOpts::new(PROOF_VERIFY, "Time to verify a DPoP proof.").buckets(vec![
+                0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+            ]),
+        )
+        .expect("static metric definition is valid");
+        let upstream = HistogramVec::new(
+            HistogramOpts::new(UPSTREAM, "Upstream response time by route."),
+            &["route"],
+        )
+        .expect("static metric definition is valid");
+        let nonces_outstanding = IntGauge::new(
+            NONCES_OUTSTANDING,
+            "Nonces issued and neither consumed nor expired.",
+        )
+        .expect("static metric definition is valid");
+        let replays_blocked = IntCounterVec::new(
+            Opts::new(
+                REPLAYS_BLOCKED,
+                "Replayed nonces or proofs refused, by route.",
+            ),
+            &["route"],
+        )
+        .expect("static metric definition is valid");
+        let audit_failures =
+            IntCounter::new(AUDIT_FAILURES, "Audit records that could not be written.")
+                .expect("static metric definition is valid");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                STORE_ERRORS,
+                "Replay store operations that failed, by backend.",
+            ),
+            &["backend"],
+        )
+        .expect("static metric definition is valid");
+        let config_routes = IntGaugeVec::new(
+            Opts::new(CONFIG_ROUTES, "Configured routes by risk."),
+            &["risk"],
+        )
+        .expect("static metric definition is valid");
+        let build_info = IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "Build information; always 1."),
+            &["version"],
+        )
+        .expect("static metric definition is valid");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rejections.clone()),
+            Box::new(proof_verify.clone()),
+            Box::new(upstream.clone()),
+            Box::new(nonces_outstanding.clone()),
+            Box::new(replays_blocked.clone()),
+            Box::new(audit_failures.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(config_routes.clone()),
+            Box::new(build_info),
+        ] {
+            registry
+                .register(c)
+                .expect("metric names are unique within the registry");
+        }
+        Metrics {
+            registry,
+            requests,
+            rejections,
+            proof_verify,
+            upstream,
+            nonces_outstanding,
+            replays_blocked,
+            audit_failures,
+            store_errors,
+            config_routes,
+        }
+    }
+
+    /// Counts one request decision.
+    pub fn decision(&self, route: &str, decision: Decision) {
+        self.requests
+            .with_label_values(&[route, decision.as_str()])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of this gateway and of the process.
+    pub fn render(&self) -> Vec<u8> {
+        let mut families = self.registry.gather();
+        families.extend(prometheus::gather());
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

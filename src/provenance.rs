@@ -1,0 +1,226 @@
+//! The provenance token (CONTRACT §5): a compact JWS the gateway signs for every confirmed
+//! request, so an upstream that can verify learns who confirmed what, with which device, and
+//! which confirmation it continues. The key's type picks the algorithm; its public half is served
+//! as a JWKS.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Lifetime of a provenance token.
+const TOKEN_LIFETIME_SECS: u64 = 60;
+
+/// The claims of `Countersign-Provenance`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Claims<'a> {
+    /// Issuer: the public origin, or `countersign`.
+    pub iss: &'a str,
+    /// Issued at (unix seconds).
+    pub iat: u64,
+    /// Expires at (unix seconds).
+    pub exp: u64,
+    /// Confirmation id.
+    pub cid: &'a str,
+    /// Parent confirmation id (redirect continuations), else null.
+    pub parent: Option<&'a str>,
+    /// Session subject, else null.
+    pub sub: Option<&'a str>,
+    /// First 16 hex of SHA-256 of the session id.
+    pub sid_hash: &'a str,
+    /// Device key thumbprint.
+    pub jkt: &'a str,
+    /// Method.
+    pub htm: &'a str,
+    /// Request target with query.
+    pub target: &'a str,
+    /// Hex SHA-256 of the body.
+    pub body_sha256: &'a str,
+    /// Route name.
+    pub route: &'a str,
+}
+
+/// The gateway's provenance signer.
+pub struct Signer {
+    key: EncodingKey,
+    alg: Algorithm,
+    kid: String,
+    public_jwk: Value,
+    /// Whether the key was generated at start (no `provenance.signing_key`).
+    pub ephemeral: bool,
+}
+
+/// A signing key problem at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("provenance.signing_key: {0}")]
+pub struct SignerError(String);
+
+impl Signer {
+    /// Loads a PKCS#8 PEM key (EC P-256 → ES256, Ed25519 → EdDSA), or generates an Ed25519 key.
+    pub fn load(path: Option<&Path>) -> Result<Signer, SignerError> {
+        let Some(path) = path else {
+            let der = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+                .map_err(|_| SignerError("cannot generate an ephemeral key".into()))?;
+            let mut signer = Signer::from_pkcs8(der.as_ref())?;
+            signer.ephemeral = true;
+            return Ok(signer);
+        };
+        let text = std::fs::read(path)
+            .map_err(|e| SignerError(format!("cannot read {}: {e}", path.display())))?;
+        let block = pem::parse(&text)
+            .map_err(|e| SignerError(format!("{} is not PEM: {e}", path.display())))?;
+        if block.tag() != "PRIVATE KEY" {
+            return Err(SignerError(format!(
+                "{} holds a {:?} block; expected a PKCS#8 \"PRIVATE KEY\"",
+                path.display(),
+                block.tag()
+            )));
+        }
+        Signer::from_pkcs8(block.contents())
+    }
+
+    /// A signer from PKCS#8 DER.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Signer, SignerError> {
+        let (alg, public_jwk, key) =
+            if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der) {
+                // Uncompressed point: 0x04 || x || y.
+                let point = pair.public_key().as_ref();
+                let (x, y) = point[1..].split_at(32);
+                (
+                    Algorithm::ES256,
+                    json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)}),
+                    EncodingKey::from_ec_der(der),
+                )
+            } else if let Ok(pair) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+                (
+                    Algorithm::EdDSA,
+                    json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())}),
+                    EncodingKey::from_ed_der(der),
+                )
+            } else {
+                return Err(SignerError(
+                    "expected an EC P-256 or Ed25519 private key in PKCS#8".into(),
+                ));
+            };
+        let kid = thumbprint(&public_jwk);
+        let mut public_jwk = public_jwk;
+        if let Value::Object(m) = &mut public_jwk {
+            m.insert("kid".into(), Value::String(kid.clone()));
+            m.insert("use".into(), Value::String("sig".into()));
+            m.insert(
+                "alg".into(),
+                Value::String(
+                    if alg == Algorithm::ES256 {
+                        "ES256"
+                    } else {
+                        "EdDSA"
+                    }
+                    .into(),
+                ),
+            );
+        }
+        Ok(Signer {
+            key,
+            alg,
+            kid,
+            public_jwk,
+            ephemeral: false,
+        })
+    }
+
+    /// Signs the claims; `iat`/`exp` are set here.
+    pub fn token(&self, mut claims: Claims<'_>) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        claims.iat = now;
+        claims.exp = now + TOKEN_LIFETIME_SECS;
+        let mut header = Header::new(self.alg);
+        header.typ = Some("countersign-provenance+jwt".into());
+        header.kid = Some(self.kid.clone());
+        // Signing with a key that loaded cannot fail; an empty token would be refused upstream.
+        jsonwebtoken::encode(&header, &claims, &self.key).unwrap_or_default()
+    }
+
+    /// The public key as a JWKS document.
+    pub fn jwks(&self) -> String {
+        json!({ "keys": [self.public_jwk] }).to_string()
+    }
+
+    /// The public key as a JWK.
+    pub fn public_jwk(&self) -> &Value {
+        &self.public_jwk
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// RFC 7638 thumbprint of a public JWK built above (members already in canonical order).
+fn thumbprint(jwk: &Value) -> String {
+    let canonical = match jwk.get("kty").and_then(Value::as_str) {
+        Some("EC") => format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            jwk["x"].as_str().unwrap_or_default(),
+            jwk["y"].as_str().unwrap_or_default()
+        ),
+        _ => format!(
+            r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+            jwk["x"].as_str().unwrap_or_default()
+        ),
+    };
+    b64(&Sha256::digest(canonical.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    #[test]
+    fn ephemeral_tokens_verify_with_the_published_jwks() {
+        let signer = Signer::load(None).expect("ephemeral key");
+        assert!(signer.ephemeral);
+        let token = signer.token(Claims {
+            iss: "countersign",
+            iat: 0,
+            exp: 0,
+            cid: "c",
+            parent: None,
+            sub: Some("alice"),
+            sid_hash: "0123456789abcdef",
+            jkt: "k",
+            htm: "POST",
+            target: "/x",
+            body_sha256: "00",
+            route: "r",
+        });
+        let jwks: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(&signer.jwks()).expect("jwks parses");
+        let key = DecodingKey::from_jwk(&jwks.keys[0]).expect("jwk is a key");
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.validate_aud = false;
+        let data = jsonwebtoken::decode::<Value>(&token, &key, &v).expect("verifies");
+        assert_eq!(data.claims["sub"], "alice");
+        assert_eq!(data.claims["parent"], Value::Null);
+    }
+
+    #[test]
+    fn p256_keys_sign_es256() {
+        let der =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .expect("keygen");
+        let signer = Signer::from_pkcs8(der.as_ref()).expect("loads");
+        assert_eq!(signer.public_jwk()["alg"], "ES256");
+    }
+}
