@@ -1,0 +1,296 @@
+//! The confirmation decision (CONTRACT §3–§4), with no network and no Pingora: session → proof
+//! (structure, typ, alg, jwk, signature, claims, htm, htu, iat) → ath → device binding → nonce →
+//! jti, first failure wins. Single use is enforced by the store's atomic operations.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::alg::ProofAlg;
+use crate::config::ConfirmationConfig;
+use crate::metrics::Metrics;
+use crate::nonce::{self, Action};
+use crate::proof::{self, ProofCheck};
+use crate::reason::Reason;
+use crate::session::{Session, SessionError, Sessions};
+use crate::store::{self, Bind, NonceRecord, ReplayStore, StoreError, Take};
+
+/// A nonce handed to the client.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    /// The `DPoP-Nonce` value.
+    pub nonce: String,
+    /// When it stops being accepted.
+    pub expires_at: SystemTime,
+}
+
+/// An accepted confirmation.
+#[derive(Debug, Clone)]
+pub struct Confirmation {
+    /// UUID v7 confirmation id.
+    pub id: Uuid,
+    /// The device key thumbprint.
+    pub jkt: String,
+}
+
+/// The decision for one high-impact request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Confirmed: forward it.
+    Accepted(Confirmation),
+    /// No proof at all: here is a nonce to sign.
+    Challenged(Challenge),
+    /// Refused; a fresh nonce comes with every 401 of a valid session.
+    Rejected {
+        /// Why.
+        reason: Reason,
+        /// The device the proof named, when it got that far.
+        device: Option<String>,
+        /// A fresh nonce for this action, when one may be issued.
+        challenge: Option<Challenge>,
+    },
+}
+
+/// One high-impact request, as the decision needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// Request target in origin-form, query included.
+    pub target: &'a str,
+    /// The normalised external URI (`htu::normalize`), or `None` when it cannot be formed.
+    pub htu: Option<&'a str>,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// SHA-256 of the body.
+    pub body_sha256: &'a [u8; 32],
+}
+
+/// Makes confirmation decisions.
+pub struct Confirmer {
+    store: Arc<dyn ReplayStore>,
+    sessions: Sessions,
+    config: ConfirmationConfig,
+    binding_ttl: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Confirmer {
+    /// A confirmer over a store and a session reader.
+    pub fn new(
+        store: Arc<dyn ReplayStore>,
+        sessions: Sessions,
+        config: ConfirmationConfig,
+        binding_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Confirmer {
+        Confirmer {
+            store,
+            sessions,
+            config,
+            binding_ttl,
+            metrics,
+        }
+    }
+
+    /// The store, for readiness checks.
+    pub fn store(&self) -> &Arc<dyn ReplayStore> {
+        &self.store
+    }
+
+    /// The accepted algorithms.
+    pub fn algs(&self) -> &[ProofAlg] {
+        &self.config.algs
+    }
+
+    /// Identifies the session; the first check of every high-impact request.
+    pub fn session(&self, headers: &HeaderMap, trusted_peer: bool) -> Result<Session, Reason> {
+        self.sessions
+            .read(headers, trusted_peer)
+            .map_err(|e| match e {
+                SessionError::Missing => Reason::NoSession,
+                SessionError::Invalid => Reason::InvalidSession,
+                // RFC 9449 §7.2: a DPoP-bound token must not be downgraded to Bearer.
+                SessionError::Downgrade if headers.contains_key("dpop") => Reason::MixedSchemes,
+                SessionError::Downgrade => Reason::InvalidSession,
+            })
+    }
+
+    /// Decides a high-impact request of a known session.
+    pub async fn decide(&self, session: &Session, ex: &Exchange<'_>) -> Outcome {
+        let action = Action {
+            session_id: &session.id,
+            method: ex.method,
+            target: ex.target,
+            body_sha256: ex.body_sha256,
+        };
+        match self.check(session, ex, &action).await {
+            Ok(confirmation) => Outcome::Accepted(confirmation),
+            Err(Refusal::NoProof) => match self.challenge(session, &action).await {
+                Ok(challenge) => Outcome::Challenged(challenge),
+                Err(reason) => rejected(reason, None, None),
+            },
+            Err(Refusal::Reason(reason, device)) if reason.status() == 401 => {
+                match self.challenge(session, &action).await {
+                    Ok(challenge) => rejected(reason, device, Some(challenge)),
+                    Err(store_reason) => rejected(store_reason, device, None),
+                }
+            }
+            Err(Refusal::Reason(reason, device)) => rejected(reason, device, None),
+        }
+    }
+
+    async fn check(
+        &self,
+        session: &Session,
+        ex: &Exchange<'_>,
+        action: &Action<'_>,
+    ) -> Result<Confirmation, Refusal> {
+        let proofs: Vec<&[u8]> = ex
+            .headers
+            .get_all("dpop")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        if proofs.is_empty() {
+            return Err(Refusal::NoProof);
+        }
+        let started = Instant::now();
+        let verified = proof::verify(
+            &proofs,
+            &ProofCheck {
+                algs: &self.config.algs,
+                method: ex.method,
+                htu: ex.htu.unwrap_or(""),
+                now: unix_now(),
+                max_age: self.config.proof_max_age,
+                clock_skew: self.config.clock_skew,
+            },
+        );
+        self.metrics
+            .proof_verify
+            .observe(started.elapsed().as_secs_f64());
+        let proof = verified.map_err(|r| Refusal::Reason(r, None))?;
+        let fail = |reason| Refusal::Reason(reason, Some(proof.jkt.clone()));
+
+        if !bool::from(proof.ath.as_bytes().ct_eq(session.ath.as_bytes())) {
+            return Err(fail(Reason::SessionMismatch));
+        }
+        let session_key = binding_key(session);
+        let bound = match &session.cnf_jkt {
+            Some(jkt) => Some(jkt.clone()),
+            None => self.store_call(self.store.device(&session_key).await)?,
+        };
+        if bound.as_deref().is_some_and(|b| b != proof.jkt) {
+            return Err(fail(Reason::DeviceMismatch));
+        }
+        let Some(presented) = proof.nonce.as_deref() else {
+            return Err(fail(Reason::NonceMissing));
+        };
+        let taken = self.store_call(
+            self.store
+                .take_nonce(&nonce::key(presented), &action.binding(), &proof.jkt)
+                .await,
+        )?;
+        match taken {
+            Take::Consumed(_) => {}
+            Take::Unknown => return Err(fail(Reason::NonceExpired)),
+            Take::Used => return Err(fail(Reason::NonceReplay)),
+            Take::Mismatch => return Err(fail(Reason::ActionMismatch)),
+        }
+        let jti_window = self.config.proof_max_age + self.config.clock_skew;
+        let jti_key = store::key("jti", &[proof.jkt.as_bytes(), proof.jti.as_bytes()]);
+        if !self.store_call(self.store.claim_jti(&jti_key, jti_window).await)? {
+            return Err(fail(Reason::JtiReplay));
+        }
+        if bound.is_none() {
+            let bind = self.store_call(
+                self.store
+                    .bind_device(&session_key, &proof.jkt, self.binding_ttl)
+                    .await,
+            )?;
+            // Another device won a concurrent first use.
+            if bind == Bind::Other {
+                return Err(fail(Reason::DeviceMismatch));
+            }
+        }
+        Ok(Confirmation {
+            id: Uuid::now_v7(),
+            jkt: proof.jkt,
+        })
+    }
+
+    /// Issues a nonce for `action`, bound to the session's device when it has one.
+    async fn challenge(&self, session: &Session, action: &Action<'_>) -> Result<Challenge, Reason> {
+        let device = match &session.cnf_jkt {
+            Some(jkt) => Some(jkt.clone()),
+            None => self
+                .store_call(self.store.device(&binding_key(session)).await)
+                .map_err(Refusal::reason)?,
+        };
+        let value = nonce::fresh();
+        let record = NonceRecord {
+            action: action.binding(),
+            device,
+        };
+        self.store_call(
+            self.store
+                .put_nonce(&nonce::key(&value), record, self.config.nonce_ttl)
+                .await,
+        )
+        .map_err(Refusal::reason)?;
+        self.metrics
+            .nonces_outstanding
+            .set(self.store.outstanding_nonces() as i64);
+        Ok(Challenge {
+            nonce: value,
+            expires_at: SystemTime::now() + self.config.nonce_ttl,
+        })
+    }
+
+    fn store_call<T>(&self, result: Result<T, StoreError>) -> Result<T, Refusal> {
+        result.map_err(|e| {
+            self.metrics
+                .store_errors
+                .with_label_values(&[self.store.backend()])
+                .inc();
+            tracing::warn!(error = %e, "replay store failed; refusing high-impact request");
+            Refusal::Reason(Reason::StoreUnavailable, None)
+        })
+    }
+}
+
+enum Refusal {
+    NoProof,
+    Reason(Reason, Option<String>),
+}
+
+impl Refusal {
+    fn reason(self) -> Reason {
+        match self {
+            Refusal::NoProof => Reason::NonceMissing,
+            Refusal::Reason(r, _) => r,
+        }
+    }
+}
+
+fn rejected(reason: Reason, device: Option<String>, challenge: Option<Challenge>) -> Outcome {
+    Outcome::Rejected {
+        reason,
+        device,
+        challenge,
+    }
+}
+
+fn binding_key(session: &Session) -> store::Key {
+    store::key("binding", &[session.id.as_bytes()])
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,150 @@
+//! Forwarding a confirmed high-impact request. Its body was read and bound before anything left
+//! the gateway, so it cannot take Pingora's streaming path (whose pre-read body replay is capped at
+//! 64 KiB): it goes through Pingora's own connector and connection pool, and the response is
+//! relayed here. A refused request therefore never reaches the upstream, not even its head.
+
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+
+/// Response hop-by-hop headers the relay owns.
+const RESPONSE_HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Why forwarding failed, and what the client is told.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// Nothing was sent to the client yet: answer with this status (502 or 504).
+    Upstream(u16, Box<Error>),
+    /// The response was already under way; the connection can only be dropped.
+    Relay(Box<Error>),
+}
+
+/// Sends buffered requests through a shared connection pool.
+pub struct Forwarder {
+    connector: Connector,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Forwarder {
+            connector: Connector::new(None),
+        }
+    }
+}
+
+impl Forwarder {
+    /// Sends `req` with `body` to `peer` and relays the response to `downstream`, letting
+    /// `rewrite` adjust the response head first. Returns the upstream status.
+    pub async fn relay(
+        &self,
+        downstream: &mut Session,
+        peer: &HttpPeer,
+        mut req: RequestHeader,
+        body: Bytes,
+        rewrite: impl FnOnce(&mut ResponseHeader),
+    ) -> Result<u16, ForwardError> {
+        req.insert_header(http::header::CONTENT_LENGTH, body.len())
+            .map_err(|e| ForwardError::Upstream(502, e))?;
+        let mut attempt = 0;
+        let mut upstream = loop {
+            attempt += 1;
+            let (mut upstream, reused) = self
+                .connector
+                .get_http_session(peer)
+                .await
+                .map_err(|e| ForwardError::Upstream(status_for(&e), e))?;
+            match exchange(&mut upstream, &req, &body).await {
+                Ok(()) => break upstream,
+                // A pooled connection the upstream closed while idle: retry once on a fresh one.
+                Err(_) if reused && attempt == 1 => continue,
+                Err(e) => return Err(ForwardError::Upstream(status_for(&e), e)),
+            }
+        };
+        let mut head = upstream
+            .response_header()
+            .cloned()
+            .ok_or_else(|| ForwardError::Upstream(502, Error::new(ErrorType::InvalidHTTPHeader)))?;
+        let status = head.status.as_u16();
+        for name in RESPONSE_HOP_BY_HOP {
+            head.remove_header(name);
+        }
+        let bodyless = req.method == http::Method::HEAD || matches!(status, 204 | 304);
+        if !bodyless && !head.headers.contains_key(http::header::CONTENT_LENGTH) {
+            // Chunked or close-delimited upstream: re-frame as chunked for the client.
+            head.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+                .map_err(ForwardError::Relay)?;
+        }
+        rewrite(&mut head);
+        downstream
+            .write_response_header(Box::new(head), bodyless)
+            .await
+            .map_err(ForwardError::Relay)?;
+        if !bodyless {
+            while let Some(chunk) = upstream
+                .read_response_body()
+                .await
+                .map_err(ForwardError::Relay)?
+            {
+                downstream
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .map_err(ForwardError::Relay)?;
+            }
+            downstream
+                .write_response_body(None, true)
+                .await
+                .map_err(ForwardError::Relay)?;
+        }
+        if upstream.response_done() {
+            let idle = peer.options.idle_timeout;
+            self.connector
+                .release_http_session(upstream, peer, idle)
+                .await;
+        } else {
+            upstream.shutdown().await;
+        }
+        Ok(status)
+    }
+}
+
+/// Writes the request and reads the final response head (skipping 1xx).
+async fn exchange(
+    upstream: &mut HttpSession,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> pingora::Result<()> {
+    upstream.write_request_header(Box::new(req.clone())).await?;
+    if !body.is_empty() {
+        upstream.write_request_body(body.clone(), true).await?;
+    }
+    upstream.finish_request_body().await?;
+    loop {
+        upstream.read_response_header().await?;
+        let informational = upstream
+            .response_header()
+            .is_some_and(|h| h.status.is_informational() && h.status.as_u16() != 101);
+        if !informational {
+            return Ok(());
+        }
+    }
+}
+
+/// 504 for timeouts, 502 for everything else the upstream did.
+pub fn status_for(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        _ => 502,
+    }
+}
