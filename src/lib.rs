@@ -3,6 +3,23 @@
 //! and one use (DPoP, RFC 9449, with a gateway nonce).
 
 pub mod alg;
+pub mod audit;
 pub mod config;
+pub mod confirm;
+pub mod demo;
+pub mod forward;
+pub mod forwarding;
+pub mod gateway;
+pub mod htu;
+pub mod jwk;
+pub mod keys;
+pub mod metrics;
+pub mod nonce;
+pub mod proof;
+pub mod provenance;
 pub mod reason;
+pub mod reply;
 pub mod routes;
+pub mod server;
+pub mod session;
+pub mod store;

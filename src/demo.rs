@@ -1,0 +1,291 @@
+//! `countersign demo`: a built-in legacy admin API and the gateway in front of it on loopback,
+//! then one real confirmation walked end to end, printed step by step.
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::alg::ProofAlg;
+use crate::keys::DeviceKey;
+use crate::server;
+
+const SESSION: &str = "demo-session-7f3a9c";
+
+/// Runs the demo; returns an error message when a step did not behave as the contract says.
+pub fn run() -> Result<(), String> {
+    let dir = tempdir()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let received = Arc::new(Mutex::new(Vec::<String>::new()));
+    let upstream = runtime.block_on(sample_api(received.clone()))?;
+    let (gateway_port, metrics_port) = (free_port()?, free_port()?);
+    let audit_path = dir.join("audit.jsonl");
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:{gateway_port}"
+metrics: {{ listen: "127.0.0.1:{metrics_port}" }}
+upstreams:
+  legacy-admin: {{ address: "{upstream}" }}
+session: {{ kind: cookie, cookie: admin_session }}
+audit: {{ path: "{audit}" }}
+server: {{ threads: 1 }}
+routes:
+  - name: delete-user
+    match: {{ methods: [DELETE], path: "/api/users/{{id}}" }}
+    upstream: legacy-admin
+    risk: high
+  - name: default
+    match: {{ path: "/{{*rest}}" }}
+    upstream: legacy-admin
+    risk: low
+"#,
+        audit = audit_path.display()
+    );
+    let config = crate::config::parse(&yaml, Path::new("<demo>")).map_err(|e| e.to_string())?;
+    let running = server::assemble(config).map_err(|e| e.to_string())?.spawn();
+    let base = format!("http://127.0.0.1:{gateway_port}");
+    runtime.block_on(wait_for(gateway_port))?;
+
+    println!("countersign demo: a legacy admin API on {upstream}, the gateway on {base}\n");
+    let result = runtime.block_on(walk(&base, &received));
+    println!("\nAudit log ({}):", audit_path.display());
+    let audit = std::fs::read_to_string(&audit_path).unwrap_or_default();
+    for line in audit.lines() {
+        println!("  {line}");
+    }
+    let verified = crate::audit::verify(&audit_path).map_err(|e| e.to_string());
+    println!(
+        "  hash chain: {}",
+        match &verified {
+            Ok(n) => format!("intact ({n} records)"),
+            Err(e) => format!("BROKEN: {e}"),
+        }
+    );
+    let metrics = runtime
+        .block_on(send(
+            &format!("http://127.0.0.1:{metrics_port}/metrics"),
+            "GET",
+            &[],
+            "",
+        ))
+        .map(|r| r.body)
+        .unwrap_or_default();
+    println!("\nMetrics: http://127.0.0.1:{metrics_port}/metrics (while the gateway runs), e.g.:");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("countersign_requests_total") || l.starts_with("countersign_rejections_total")
+    }) {
+        println!("  {line}");
+    }
+    running.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    result.and(verified.map(|_| ()))
+}
+
+async fn walk(base: &str, received: &Mutex<Vec<String>>) -> Result<(), String> {
+    let cookie = ("cookie", format!("admin_session={SESSION}"));
+    let url = format!("{base}/api/users/42");
+    let seen = || received.lock().map(|r| r.len()).unwrap_or(0);
+
+    println!("1. GET /api/users (low risk) streams straight through");
+    let r = send(&format!("{base}/api/users"), "GET", &[cookie.clone()], "").await?;
+    expect(r.status == 200, "passthrough answered 200", &r)?;
+
+    println!("2. DELETE /api/users/42 with no proof: the gateway asks for a confirmation");
+    let before = seen();
+    let r = send(&url, "DELETE", &[cookie.clone()], "").await?;
+    expect(
+        r.status == 401 && r.nonce.is_some(),
+        "401 use_dpop_nonce with a DPoP-Nonce",
+        &r,
+    )?;
+    println!("   WWW-Authenticate: {}", r.www_authenticate);
+    println!("   what the user confirms: {}", r.body);
+    expect(seen() == before, "the upstream saw nothing", &r)?;
+
+    let laptop = DeviceKey::generate(ProofAlg::Es256).map_err(|e| e.to_string())?;
+    println!(
+        "3. The user's device (ES256 key {}) signs exactly that action",
+        laptop.jkt()
+    );
+    let nonce = r.nonce.clone().unwrap_or_default();
+    let proof = laptop.proof("DELETE", &url, Some(&nonce), Some(SESSION));
+    let r = send(
+        &url,
+        "DELETE",
+        &[cookie.clone(), ("dpop", proof.clone())],
+        "",
+    )
+    .await?;
+    expect(
+        r.status == 200 && seen() == before + 1,
+        "confirmed and forwarded once",
+        &r,
+    )?;
+    println!("   200, Countersign-Confirmation-Id: {}", r.confirmation_id);
+
+    println!("4. The same proof replayed: refused, never forwarded");
+    let r = send(&url, "DELETE", &[cookie.clone(), ("dpop", proof)], "").await?;
+    expect(r.status == 401 && seen() == before + 1, "401 replay", &r)?;
+    println!("   {}", r.www_authenticate);
+
+    println!("5. A second device approving the same session: refused");
+    let phone = DeviceKey::generate(ProofAlg::EdDsa).map_err(|e| e.to_string())?;
+    let nonce = r.nonce.clone().unwrap_or_default();
+    let proof = phone.proof("DELETE", &url, Some(&nonce), Some(SESSION));
+    let r = send(&url, "DELETE", &[cookie, ("dpop", proof)], "").await?;
+    expect(
+        r.status == 401
+            && r.www_authenticate.contains("invalid_dpop_proof")
+            && seen() == before + 1,
+        "401 device_mismatch",
+        &r,
+    )?;
+    println!("   {}", r.www_authenticate);
+    Ok(())
+}
+
+fn expect(ok: bool, what: &str, r: &Reply) -> Result<(), String> {
+    if ok {
+        println!("   ok: {what}");
+        Ok(())
+    } else {
+        Err(format!("expected {what}, got {} {}", r.status, r.body))
+    }
+}
+
+/// What the demo client keeps of a response.
+struct Reply {
+    status: u16,
+    nonce: Option<String>,
+    www_authenticate: String,
+    confirmation_id: String,
+    body: String,
+}
+
+async fn send(
+    url: &str,
+    method: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> Result<Reply, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+    let stream = TcpStream::connect(&authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri.path())
+        .header("host", authority);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let status = resp.status().as_u16();
+    let nonce = header("dpop-nonce");
+    let www_authenticate = header("www-authenticate").unwrap_or_default();
+    let confirmation_id = header("countersign-confirmation-id").unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        nonce,
+        www_authenticate,
+        confirmation_id,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// The sample legacy admin API: answers every request with JSON and remembers what it saw.
+async fn sample_api(received: Arc<Mutex<Vec<String>>>) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let received = received.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let received = received.clone();
+                    async move {
+                        let line = format!("{} {}", req.method(), req.uri());
+                        if let Ok(mut r) = received.lock() {
+                            r.push(line.clone());
+                        }
+                        let who = req
+                            .headers()
+                            .get("countersign-device")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_string();
+                        let body = format!(r#"{{"done":"{line}","confirmed_by_device":"{who}"}}"#);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn wait_for(port: u16) -> Result<(), String> {
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!(
+        "the gateway did not start listening on port {port}"
+    ))
+}
+
+fn free_port() -> Result<u16, String> {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+fn tempdir() -> Result<std::path::PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "countersign-demo-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
