@@ -1,0 +1,289 @@
+//! The world an end-to-end test owns: a recording upstream on an ephemeral loopback port, the
+//! gateway in-process in front of it, a plain HTTP/1.1 client, and the audit log it wrote.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use countersign::server::{self, Running};
+use http::HeaderMap;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+    pub body_sha256: [u8; 32],
+}
+
+/// A recording upstream.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    /// Starts one on the current runtime. Paths: `/redirect/...` → 303 to its own origin,
+    /// `/slow` → answers after 3 s, `/download/N` → N bytes streamed, else 200 JSON.
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let svc =
+                        service_fn(move |req: Request<Incoming>| handle(req, addr, record.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    /// Everything received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("upstream record lock").clone()
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn handle(
+    req: Request<Incoming>,
+    addr: SocketAddr,
+    record: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Body>, Infallible> {
+    let (parts, mut body) = req.into_parts();
+    let mut hasher = Sha256::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            len += data.len();
+            hasher.update(data);
+        }
+    }
+    record.lock().expect("upstream record lock").push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body_len: len,
+        body_sha256: hasher.finalize().into(),
+    });
+    let path = parts.uri.path().to_string();
+    let resp = if let Some(rest) = path.strip_prefix("/redirect") {
+        Response::builder()
+            .status(303)
+            .header("location", format!("http://{addr}/done{rest}"))
+            .header("content-location", format!("http://{addr}/here"))
+            .body(full("see other"))
+    } else if path == "/slow" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Response::builder().body(full("late"))
+    } else if let Some(n) = path.strip_prefix("/download/") {
+        let total: usize = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_stream(total, chunk);
+        Response::builder().body(BodyExt::boxed(StreamBody::new(stream)))
+    } else {
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full(&format!(r#"{{"ok":true,"len":{len}}}"#)))
+    };
+    Ok(resp.expect("valid test response"))
+}
+
+fn full(s: &str) -> Body {
+    BodyExt::boxed(Full::new(Bytes::from(s.to_string())))
+}
+
+/// A stream of `total` bytes in `chunk`-sized frames, generated as it is read.
+fn futures_stream(
+    total: usize,
+    chunk: Bytes,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
+    struct Gen {
+        left: usize,
+        chunk: Bytes,
+    }
+    impl futures_core::Stream for Gen {
+        type Item = Result<Frame<Bytes>, Infallible>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            let n = self.left.min(self.chunk.len());
+            self.left -= n;
+            std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+        }
+    }
+    Gen { left: total, chunk }
+}
+
+/// A gateway running in this process, with its audit log in a temp dir.
+pub struct Gateway {
+    pub base: String,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub audit_path: PathBuf,
+    running: Option<Running>,
+    _dir: tempfile::TempDir,
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl Gateway {
+    /// Starts a gateway whose config is `body` (upstreams, session, routes, ...) with `listen`,
+    /// `metrics`, `audit` and `server` filled in; `{upstream}` is replaced by the upstream address.
+    pub async fn start(body: &str, upstream: &Upstream) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, metrics_port) = (free_port(), free_port());
+        let audit_path = dir.path().join("audit.jsonl");
+        let yaml = format!(
+            "listen: \"127.0.0.1:{port}\"\nmetrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\naudit: {{ path: \"{}\" }}\nserver: {{ threads: 2, shutdown_timeout: 1s }}\n{}",
+            audit_path.display(),
+            body.replace("{upstream}", &upstream.addr.to_string())
+        );
+        let config = countersign::config::parse(&yaml, Path::new("test.yaml"))
+            .expect("test config is valid");
+        let running = server::assemble(config).expect("gateway assembles").spawn();
+        for _ in 0..400 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Gateway {
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            metrics_port,
+            audit_path,
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    /// The audit records written so far.
+    pub fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.audit_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+
+    /// The last audit record.
+    pub fn last_audit(&self) -> Value {
+        self.audit().pop().expect("an audit record was written")
+    }
+
+    /// The gateway's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = send(
+            &format!("http://127.0.0.1:{}/metrics", self.metrics_port),
+            "GET",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            // Stopping joins runtime threads: never do it on an async worker.
+            std::thread::spawn(move || r.stop());
+        }
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A response header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The JSON body.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+
+    /// The `error` of `WWW-Authenticate: DPoP error="..."`.
+    pub fn dpop_error(&self) -> Option<String> {
+        let v = self.header("www-authenticate")?;
+        let start = v.find("error=\"")? + 7;
+        Some(v[start..].split('"').next()?.to_string())
+    }
+}
+
+/// Sends one request on a fresh connection; headers may repeat.
+pub async fn send(url: &str, method: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
+    let uri: hyper::Uri = url.parse().expect("test url");
+    let authority = uri.authority().expect("authority").to_string();
+    let stream = TcpStream::connect(&authority).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = Request::builder().method(method).uri(target);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", authority.as_str());
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(body)).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
