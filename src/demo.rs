@@ -100,12 +100,12 @@ async fn walk(base: &str, received: &Mutex<Vec<String>>) -> Result<(), String> {
     let seen = || received.lock().map(|r| r.len()).unwrap_or(0);
 
     println!("1. GET /api/users (low risk) streams straight through");
-    let r = send(&format!("{base}/api/users"), "GET", &[cookie.clone()], "").await?;
+    let r = send(&format!("{base}/api/users"), "GET", std::slice::from_ref(&cookie), "").await?;
     expect(r.status == 200, "passthrough answered 200", &r)?;
 
     println!("2. DELETE /api/users/42 with no proof: the gateway asks for a confirmation");
     let before = seen();
-    let r = send(&url, "DELETE", &[cookie.clone()], "").await?;
+    let r = send(&url, "DELETE", std::slice::from_ref(&cookie), "").await?;
     expect(
         r.status == 401 && r.nonce.is_some(),
         "401 use_dpop_nonce with a DPoP-Nonce",
