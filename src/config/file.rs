@@ -1,0 +1,1243 @@
+//! The YAML file format (CONTRACT §9): serde structs that mirror the file, and the one validation
+//! pass that turns them into the runtime [`Config`]. Scalars that have a syntax of their own
+//! (durations, sizes, addresses, methods, templates...) are parsed while deserializing, so their
+//! errors carry the field path and the line and column; cross-field rules are checked afterwards,
+//! each error naming the field path and what was expected.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_path_to_error::Segment;
+
+use super::{
+    AuditConfig, Config, ConfigError, ConfirmationConfig, JwtKeys, LogConfig, MetricsConfig,
+    ProvenanceConfig, PublicOrigin, ServerConfig, SessionConfig, SessionKind, StoreConfig,
+    Upstream, UpstreamScheme,
+};
+use crate::alg::ProofAlg;
+use crate::routes::{PathTemplate, Risk, Route, RouteTable};
+
+/// The field path of an error about the document as a whole.
+const ROOT: &str = "(root)";
+
+/// Methods a route may name. Methods are case-sensitive and a misspelt one would silently never
+/// match (sending a high-impact request to a later, possibly low-risk route), so only known
+/// methods are accepted: RFC 9110, PATCH (RFC 5789) and WebDAV (RFC 4918).
+const KNOWN_METHODS: [&str; 16] = [
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+];
+
+/// Reads and parses a config file.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        path: ROOT.to_string(),
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    parse(&text, file)
+}
+
+/// Parses and validates config text; `file` is only used in error messages and `Config::source`.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let error = |path: String, message: String| ConfigError {
+        file: file.to_path_buf(),
+        path,
+        message,
+    };
+    if text.trim().is_empty() {
+        return Err(error(
+            ROOT.to_string(),
+            "the file is empty; expected a mapping with at least listen, upstreams, session and routes"
+                .to_string(),
+        ));
+    }
+    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+    let raw: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = field_path(e.path());
+        let message = yaml_message(e.inner());
+        error(path, message)
+    })?;
+    raw.validate(file)
+        .map_err(|Invalid { path, message }| error(path, message))
+}
+
+/// Renders a serde path as `routes[1].match.methods[0]`, or `(root)`.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    let mut out = String::new();
+    for segment in path {
+        let key = match segment {
+            Segment::Seq { index } => {
+                out.push_str(&format!("[{index}]"));
+                continue;
+            }
+            Segment::Map { key } => key.as_str(),
+            Segment::Enum { variant } => variant.as_str(),
+            Segment::Unknown => "?",
+        };
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(key);
+    }
+    if out.is_empty() {
+        ROOT.to_string()
+    } else {
+        out
+    }
+}
+
+/// serde_yaml_ng's message without its own path prefix, with `(at line L column C)` when known.
+fn yaml_message(error: &serde_yaml_ng::Error) -> String {
+    let mut message = error.to_string();
+    let location = error
+        .location()
+        .map(|l| format!("line {} column {}", l.line(), l.column()));
+    if let Some(location) = &location {
+        if let Some(stripped) = message.strip_suffix(&format!(" at {location}")) {
+            message = stripped.to_string();
+        }
+    }
+    // serde_yaml_ng prefixes messages with its own rendering of the path; ours is in `path`.
+    if let Some((prefix, rest)) = message.split_once(": ") {
+        // Our own messages may start with a quoted value followed by ": "; never strip those.
+        if !prefix.is_empty() && !prefix.starts_with('"') && !prefix.contains(char::is_whitespace) {
+            message = rest.to_string();
+        }
+    }
+    match location {
+        Some(location) if !message.contains(&location) => format!("{message} (at {location})"),
+        _ => message,
+    }
+}
+
+/// A validation failure before the file name is attached.
+struct Invalid {
+    path: String,
+    message: String,
+}
+
+fn invalid<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid {
+        path: path.into(),
+        message: message.into(),
+    })
+}
+
+/// A config value with a syntax of its own, parsed from a YAML string while deserializing.
+trait Scalar: Sized {
+    /// What a valid value looks like, for serde's "invalid type" messages.
+    const EXPECTED: &'static str;
+    /// Parses the text; the error says what is wrong and what was expected.
+    fn parse(text: &str) -> Result<Self, String>;
+}
+
+/// A [`Scalar`] as it appears in a `File*` struct.
+struct Parsed<T>(T);
+
+impl<'de, T: Scalar> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor<T>(PhantomData<T>);
+
+        impl<T: Scalar> Visitor<'_> for ScalarVisitor<T> {
+            type Value = Parsed<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(T::EXPECTED)
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Parsed<T>, E> {
+                T::parse(text).map(Parsed).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_str(ScalarVisitor(PhantomData))
+    }
+}
+
+impl Scalar for Duration {
+    const EXPECTED: &'static str = "a duration like 250ms, 60s, 5m or 12h";
+    fn parse(text: &str) -> Result<Self, String> {
+        super::parse_duration(text)
+    }
+}
+
+/// A size in bytes (`max_body`).
+struct Bytes(usize);
+
+impl Scalar for Bytes {
+    const EXPECTED: &'static str = "a size like 64KiB or 1MiB";
+    fn parse(text: &str) -> Result<Self, String> {
+        super::parse_size(text).map(Bytes)
+    }
+}
+
+impl Scalar for SocketAddr {
+    const EXPECTED: &'static str = "a socket address like 0.0.0.0:8080 or [::]:8080";
+    fn parse(text: &str) -> Result<Self, String> {
+        text.parse().map_err(|_| {
+            format!(
+                "{text:?} is not a socket address; expected an IP address and port like \
+                 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080"
+            )
+        })
+    }
+}
+
+/// An upstream `address`: `host:port`, no scheme.
+struct HostPort {
+    /// The address as written.
+    text: String,
+    /// Host without IPv6 brackets.
+    host: String,
+}
+
+impl Scalar for HostPort {
+    const EXPECTED: &'static str = "host:port, e.g. 127.0.0.1:9000 or backend.internal:8443";
+    fn parse(text: &str) -> Result<Self, String> {
+        let expected =
+            "expected host:port, e.g. 127.0.0.1:9000, [::1]:9000 or backend.internal:8443";
+        if text.contains("://") {
+            return Err(format!(
+                "{text:?} has a scheme; expected host:port (set tls: true for HTTPS)"
+            ));
+        }
+        let (host, port) = if let Some(bracketed) = text.strip_prefix('[') {
+            let Some((host, port)) = bracketed.split_once("]:") else {
+                return Err(format!("{text:?} lacks a port; {expected}"));
+            };
+            if host.parse::<Ipv6Addr>().is_err() {
+                return Err(format!("{host:?} is not an IPv6 address; {expected}"));
+            }
+            (host, port)
+        } else {
+            let Some((host, port)) = text.rsplit_once(':') else {
+                return Err(format!("{text:?} lacks a port; {expected}"));
+            };
+            if host.contains(':') {
+                return Err(format!(
+                    "{text:?}: an IPv6 address needs brackets; {expected}"
+                ));
+            }
+            if !is_host_name(host) {
+                return Err(format!(
+                    "{host:?} is not a host name or address; {expected}"
+                ));
+            }
+            (host, port)
+        };
+        parse_port(port).map_err(|e| format!("{text:?}: {e}; {expected}"))?;
+        Ok(HostPort {
+            text: text.to_string(),
+            host: host.to_string(),
+        })
+    }
+}
+
+/// A DNS name or IPv4 literal: letters, digits, `-`, `.`, `_`.
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+/// A TCP port 1..=65535, digits only.
+fn parse_port(port: &str) -> Result<u16, String> {
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port {port:?} is not a number"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("port {port} is not in 1..=65535")),
+        Ok(p) => Ok(p),
+    }
+}
+
+impl Scalar for PublicOrigin {
+    const EXPECTED: &'static str = "an origin like https://admin.example.com";
+    fn parse(text: &str) -> Result<Self, String> {
+        let expected = "expected an origin like https://admin.example.com, optionally with a path \
+                        prefix like https://example.com/admin";
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return Err(format!("{text:?} has no scheme; {expected}"));
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => {
+                return Err(format!(
+                    "scheme {scheme:?} is not http or https; {expected}"
+                ))
+            }
+        };
+        if rest.contains('?') {
+            return Err(format!("{text:?} has a query; {expected}"));
+        }
+        if rest.contains('#') {
+            return Err(format!("{text:?} has a fragment; {expected}"));
+        }
+        let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.contains('@') {
+            return Err(format!("{text:?} has user info; {expected}"));
+        }
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let Some((address, after)) = bracketed.split_once(']') else {
+                return Err(format!("{text:?} has an unclosed '['; {expected}"));
+            };
+            if address.parse::<Ipv6Addr>().is_err() {
+                return Err(format!("{address:?} is not an IPv6 address; {expected}"));
+            }
+            let port = match after {
+                "" => None,
+                _ => match after.strip_prefix(':') {
+                    Some(port) => Some(port),
+                    None => return Err(format!("{text:?}: junk after ']'; {expected}")),
+                },
+            };
+            (format!("[{}]", address.to_ascii_lowercase()), port)
+        } else {
+            let (host, port) = match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            };
+            if !is_host_name(host) {
+                return Err(format!("{host:?} is not a host name; {expected}"));
+            }
+            (host.to_ascii_lowercase(), port)
+        };
+        let port = match port {
+            None => None,
+            Some(port) => match parse_port(port) {
+                Ok(p) if p == default_port => None,
+                Ok(p) => Some(p),
+                Err(e) => return Err(format!("{text:?}: {e}; {expected}")),
+            },
+        };
+        if prefix.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "{text:?}: the path prefix has whitespace; {expected}"
+            ));
+        }
+        if prefix
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+        {
+            return Err(format!(
+                "{text:?}: the path prefix has a dot segment; {expected}"
+            ));
+        }
+        Ok(PublicOrigin {
+            scheme,
+            host,
+            port,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+impl Scalar for IpNet {
+    const EXPECTED: &'static str = "a CIDR like 10.0.0.0/8 or an IP address";
+    fn parse(text: &str) -> Result<Self, String> {
+        text.parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                format!(
+                    "{text:?} is not a network; expected a CIDR like 10.0.0.0/8 or fd00::/8, \
+                     or a single address like 192.0.2.1"
+                )
+            })
+    }
+}
+
+impl Scalar for Method {
+    const EXPECTED: &'static str = "an HTTP method like GET, POST or DELETE";
+    fn parse(text: &str) -> Result<Self, String> {
+        let upper = text.to_ascii_uppercase();
+        if KNOWN_METHODS.contains(&text) {
+            Method::from_bytes(text.as_bytes()).map_err(|e| format!("{text:?}: {e}"))
+        } else if KNOWN_METHODS.contains(&upper.as_str()) {
+            Err(format!(
+                "HTTP methods are case-sensitive: write {upper:?}, not {text:?}"
+            ))
+        } else {
+            Err(format!(
+                "unknown HTTP method {text:?}; expected one of {}",
+                KNOWN_METHODS.join(", ")
+            ))
+        }
+    }
+}
+
+impl Scalar for ProofAlg {
+    const EXPECTED: &'static str = "a proof algorithm name like ES256 or EdDSA";
+    fn parse(text: &str) -> Result<Self, String> {
+        let accepted = "ES256, ES384, EdDSA (or Ed25519), RS256, PS256";
+        if let Some(alg) = ProofAlg::from_name(text) {
+            return Ok(alg);
+        }
+        let why = if text.eq_ignore_ascii_case("none") {
+            "an unsigned proof proves nothing".to_string()
+        } else if text.len() >= 2 && text[..2].eq_ignore_ascii_case("HS") {
+            "a symmetric (HMAC) key cannot be a device's public key".to_string()
+        } else {
+            "it is not a supported proof algorithm".to_string()
+        };
+        Err(format!(
+            "algorithm {text:?} is not accepted: {why}; expected one of {accepted}"
+        ))
+    }
+}
+
+impl Scalar for PathTemplate {
+    const EXPECTED: &'static str = "a path template like /api/users/{id} or /{*rest}";
+    fn parse(text: &str) -> Result<Self, String> {
+        PathTemplate::parse(text)
+    }
+}
+
+/// A header name, stored lower case.
+struct HeaderText(String);
+
+impl Scalar for HeaderText {
+    const EXPECTED: &'static str = "an HTTP header name like x-session";
+    fn parse(text: &str) -> Result<Self, String> {
+        let name = HeaderName::from_bytes(text.as_bytes()).map_err(|_| {
+            format!("{text:?} is not an HTTP header name; expected a token like x-session")
+        })?;
+        if name == "dpop" {
+            return Err("the DPoP header carries proofs; expected another header name".to_string());
+        }
+        Ok(HeaderText(name.as_str().to_string()))
+    }
+}
+
+/// A cookie name (RFC 6265 §4.1.1: a token).
+struct CookieName(String);
+
+impl Scalar for CookieName {
+    const EXPECTED: &'static str = "a cookie name like session_id";
+    fn parse(text: &str) -> Result<Self, String> {
+        let is_token_char = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+        if text.is_empty() || !text.chars().all(is_token_char) {
+            return Err(format!(
+                "{text:?} is not a cookie name; expected a token like session_id"
+            ));
+        }
+        Ok(CookieName(text.to_string()))
+    }
+}
+
+/// A Redis URL.
+struct RedisUrl(String);
+
+impl Scalar for RedisUrl {
+    const EXPECTED: &'static str = "a Redis URL like redis://127.0.0.1:6379";
+    fn parse(text: &str) -> Result<Self, String> {
+        let schemes = [
+            "redis://",
+            "rediss://",
+            "redis+sentinel://",
+            "redis+cluster://",
+        ];
+        match schemes.iter().find_map(|s| text.strip_prefix(s)) {
+            Some(rest) if !rest.is_empty() => Ok(RedisUrl(text.to_string())),
+            _ => Err(format!(
+                "{text:?} is not a Redis URL; expected one starting with {} and a host, \
+                 e.g. redis://127.0.0.1:6379",
+                schemes.join(", ")
+            )),
+        }
+    }
+}
+
+/// The document (CONTRACT §9).
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with at least listen, upstreams, session and routes"
+)]
+struct FileConfig {
+    listen: Parsed<SocketAddr>,
+    public_origin: Option<Parsed<PublicOrigin>>,
+    trusted_proxies: Option<Vec<Parsed<IpNet>>>,
+    metrics: Option<FileMetrics>,
+    upstreams: FileUpstreams,
+    session: FileSession,
+    confirmation: Option<FileConfirmation>,
+    provenance: Option<FileProvenance>,
+    store: Option<FileStore>,
+    audit: Option<FileAudit>,
+    server: Option<FileServer>,
+    log: Option<FileLog>,
+    routes: Vec<FileRoute>,
+}
+
+/// `metrics:`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { listen: \"127.0.0.1:9464\" }"
+)]
+struct FileMetrics {
+    listen: Parsed<SocketAddr>,
+}
+
+/// `upstreams:`, in file order, names unique.
+struct FileUpstreams(Vec<(String, FileUpstream)>);
+
+impl<'de> Deserialize<'de> for FileUpstreams {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UpstreamsVisitor;
+
+        impl<'de> Visitor<'de> for UpstreamsVisitor {
+            type Value = FileUpstreams;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of upstream names to { address: host:port }")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FileUpstreams, A::Error> {
+                let mut upstreams: Vec<(String, FileUpstream)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if upstreams.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format!(
+                            "upstream {name:?} is defined twice"
+                        )));
+                    }
+                    let upstream = map.next_value::<FileUpstream>()?;
+                    upstreams.push((name, upstream));
+                }
+                Ok(FileUpstreams(upstreams))
+            }
+        }
+
+        deserializer.deserialize_map(UpstreamsVisitor)
+    }
+}
+
+/// One upstream.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { address: \"127.0.0.1:9000\", tls: false }"
+)]
+struct FileUpstream {
+    address: Parsed<HostPort>,
+    tls: Option<bool>,
+    sni: Option<String>,
+    connect_timeout: Option<Parsed<Duration>>,
+    read_timeout: Option<Parsed<Duration>>,
+}
+
+/// `session.kind`.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum FileSessionKind {
+    BearerJwt,
+    Cookie,
+    Header,
+}
+
+impl FileSessionKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            FileSessionKind::BearerJwt => "bearer_jwt",
+            FileSessionKind::Cookie => "cookie",
+            FileSessionKind::Header => "header",
+        }
+    }
+}
+
+/// `session.upstream_scheme`.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FileUpstreamScheme {
+    Bearer,
+    Dpop,
+}
+
+/// `session:`; which keys apply depends on `kind`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { kind: header, header: x-session }"
+)]
+struct FileSession {
+    kind: FileSessionKind,
+    jwks_file: Option<PathBuf>,
+    public_key_pem: Option<PathBuf>,
+    hs256_secret_env: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    cookie: Option<Parsed<CookieName>>,
+    header: Option<Parsed<HeaderText>>,
+    upstream_scheme: Option<FileUpstreamScheme>,
+    binding_ttl: Option<Parsed<Duration>>,
+    allow_bearer_scheme: Option<bool>,
+    subject_header: Option<Parsed<HeaderText>>,
+}
+
+/// `confirmation:`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { algs: [ES256, EdDSA], nonce_ttl: 60s }"
+)]
+struct FileConfirmation {
+    algs: Option<Vec<Parsed<ProofAlg>>>,
+    nonce_ttl: Option<Parsed<Duration>>,
+    proof_max_age: Option<Parsed<Duration>>,
+    clock_skew: Option<Parsed<Duration>>,
+    continuation_ttl: Option<Parsed<Duration>>,
+    max_body: Option<Parsed<Bytes>>,
+}
+
+/// `provenance:`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { signing_key: config/gateway-signing.pem }"
+)]
+struct FileProvenance {
+    signing_key: Option<PathBuf>,
+}
+
+/// `store.kind`.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum FileStoreKind {
+    Memory,
+    Redis,
+}
+
+/// `store:`; which keys apply depends on `kind`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { kind: memory } or { kind: redis, url: \"redis://127.0.0.1:6379\" }"
+)]
+struct FileStore {
+    kind: FileStoreKind,
+    max_entries: Option<u64>,
+    url: Option<Parsed<RedisUrl>>,
+    timeout: Option<Parsed<Duration>>,
+}
+
+/// `audit:`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { path: /var/log/countersign/audit.jsonl }"
+)]
+struct FileAudit {
+    path: Option<PathBuf>,
+    stdout: Option<bool>,
+    passthrough: Option<bool>,
+}
+
+/// `server:`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { threads: 4, shutdown_timeout: 10s }"
+)]
+struct FileServer {
+    threads: Option<usize>,
+    grace_period: Option<Parsed<Duration>>,
+    shutdown_timeout: Option<Parsed<Duration>>,
+}
+
+/// `log.format`.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FileLogFormat {
+    Pretty,
+    Json,
+}
+
+/// `log:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping like { format: json }")]
+struct FileLog {
+    format: Option<FileLogFormat>,
+}
+
+/// `routes[i].risk`.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FileRisk {
+    Low,
+    High,
+}
+
+/// One entry of `routes:`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a route like { name: delete-user, match: { methods: [DELETE], path: \"/api/users/{id}\" }, upstream: legacy-admin, risk: high }"
+)]
+struct FileRoute {
+    name: String,
+    #[serde(rename = "match")]
+    matcher: FileMatch,
+    upstream: String,
+    risk: FileRisk,
+}
+
+/// `routes[i].match`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { methods: [DELETE], path: \"/api/users/{id}\" }"
+)]
+struct FileMatch {
+    methods: Option<Vec<Parsed<Method>>>,
+    path: Parsed<PathTemplate>,
+}
+
+/// Route and upstream names: they end up in metric labels, audit records and log lines.
+fn check_name(path: &str, what: &str, name: &str) -> Result<(), Invalid> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return invalid(
+            path,
+            format!("{what} name {name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"),
+        );
+    }
+    Ok(())
+}
+
+/// A non-empty string setting.
+fn non_empty(path: &str, value: String) -> Result<String, Invalid> {
+    if value.trim().is_empty() {
+        return invalid(path, "must not be empty");
+    }
+    Ok(value)
+}
+
+/// A duration that must be longer than zero.
+fn positive(
+    path: &str,
+    value: Option<Parsed<Duration>>,
+    default: Duration,
+) -> Result<Duration, Invalid> {
+    let value = value.map_or(default, |Parsed(d)| d);
+    if value.is_zero() {
+        return invalid(path, "must be longer than 0s");
+    }
+    Ok(value)
+}
+
+/// Whether `earlier` matches every method `later` does.
+fn covers(earlier: &Option<Vec<Method>>, later: &Option<Vec<Method>>) -> bool {
+    match (earlier, later) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(earlier), Some(later)) => later.iter().all(|m| earlier.contains(m)),
+    }
+}
+
+fn describe_methods(methods: &Option<Vec<Method>>) -> String {
+    match methods {
+        None => "every method".to_string(),
+        Some(methods) => methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+impl FileConfig {
+    /// Validates in file order, so the first error reported is the first one in the file.
+    fn validate(self, file: &Path) -> Result<Config, Invalid> {
+        let trusted_proxies: Vec<IpNet> = self
+            .trusted_proxies
+            .unwrap_or_default()
+            .into_iter()
+            .map(|Parsed(net)| net)
+            .collect();
+        if self.upstreams.0.is_empty() {
+            return invalid(
+                "upstreams",
+                "at least one upstream is required, e.g. legacy-admin: { address: \"127.0.0.1:9000\" }",
+            );
+        }
+        let mut upstreams = BTreeMap::new();
+        for (name, upstream) in self.upstreams.0 {
+            let path = format!("upstreams.{name}");
+            check_name(&path, "upstream", &name)?;
+            let upstream = upstream.validate(&path, name.clone())?;
+            upstreams.insert(name, upstream);
+        }
+        let session = self.session.validate()?;
+        if session.subject_header.is_some() && trusted_proxies.is_empty() {
+            return invalid(
+                "session.subject_header",
+                "is believed only from trusted_proxies, and none are configured; \
+                 add the auth proxy's address to trusted_proxies",
+            );
+        }
+        let confirmation = match self.confirmation {
+            Some(c) => c.validate()?,
+            None => FileConfirmation::default_config(),
+        };
+        let store = match self.store {
+            Some(store) => store.validate()?,
+            None => StoreConfig::Memory {
+                max_entries: DEFAULT_MAX_ENTRIES,
+            },
+        };
+        let audit = self.audit.map_or(
+            AuditConfig {
+                path: None,
+                stdout: false,
+                passthrough: false,
+            },
+            |a| AuditConfig {
+                path: a.path,
+                stdout: a.stdout.unwrap_or(false),
+                passthrough: a.passthrough.unwrap_or(false),
+            },
+        );
+        let server = match self.server {
+            Some(server) => server.validate()?,
+            None => ServerConfig {
+                threads: default_threads(),
+                grace_period: Duration::ZERO,
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            },
+        };
+        let log = match self.log.and_then(|l| l.format) {
+            None | Some(FileLogFormat::Pretty) => LogConfig::Pretty,
+            Some(FileLogFormat::Json) => LogConfig::Json,
+        };
+        let routes = validate_routes(self.routes, &upstreams)?;
+        Ok(Config {
+            source: file.to_path_buf(),
+            listen: self.listen.0.to_string(),
+            public_origin: self.public_origin.map(|Parsed(o)| o),
+            trusted_proxies,
+            metrics: self.metrics.map(|m| MetricsConfig {
+                listen: m.listen.0.to_string(),
+            }),
+            upstreams,
+            session,
+            confirmation,
+            provenance: ProvenanceConfig {
+                signing_key: self.provenance.and_then(|p| p.signing_key),
+            },
+            store,
+            audit,
+            routes,
+            server,
+            log,
+        })
+    }
+}
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_BINDING_TTL: Duration = Duration::from_secs(12 * 3600);
+const DEFAULT_NONCE_TTL: Duration = Duration::from_secs(60);
+const DEFAULT_PROOF_MAX_AGE: Duration = Duration::from_secs(60);
+const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
+const DEFAULT_CONTINUATION_TTL: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_BODY: usize = 1 << 20;
+const DEFAULT_ALGS: [ProofAlg; 2] = [ProofAlg::Es256, ProofAlg::EdDsa];
+const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
+const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl FileUpstream {
+    fn validate(self, path: &str, name: String) -> Result<Upstream, Invalid> {
+        let Parsed(address) = self.address;
+        let sni = match self.sni {
+            Some(sni) => non_empty(&format!("{path}.sni"), sni)?,
+            None => address.host,
+        };
+        Ok(Upstream {
+            name,
+            address: address.text,
+            tls: self.tls.unwrap_or(false),
+            sni,
+            connect_timeout: positive(
+                &format!("{path}.connect_timeout"),
+                self.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            read_timeout: positive(
+                &format!("{path}.read_timeout"),
+                self.read_timeout,
+                DEFAULT_READ_TIMEOUT,
+            )?,
+        })
+    }
+}
+
+impl FileSession {
+    fn validate(self) -> Result<SessionConfig, Invalid> {
+        let kind = self.kind;
+        // Keys that belong to another kind are refused rather than ignored: a `cookie:` next to
+        // `kind: bearer_jwt` means the operator believes something that is not true.
+        let only_for = |key: &str, set: bool, allowed: &[FileSessionKind]| -> Result<(), Invalid> {
+            if set && !allowed.contains(&kind) {
+                let kinds: Vec<&str> = allowed.iter().map(|k| k.as_str()).collect();
+                return invalid(
+                    format!("session.{key}"),
+                    format!(
+                        "only used with kind: {}; this session has kind: {}",
+                        kinds.join(" or "),
+                        kind.as_str()
+                    ),
+                );
+            }
+            Ok(())
+        };
+        use FileSessionKind::{BearerJwt, Cookie, Header};
+        only_for("jwks_file", self.jwks_file.is_some(), &[BearerJwt])?;
+        only_for(
+            "public_key_pem",
+            self.public_key_pem.is_some(),
+            &[BearerJwt],
+        )?;
+        only_for(
+            "hs256_secret_env",
+            self.hs256_secret_env.is_some(),
+            &[BearerJwt],
+        )?;
+        only_for("issuer", self.issuer.is_some(), &[BearerJwt])?;
+        only_for("audience", self.audience.is_some(), &[BearerJwt])?;
+        only_for(
+            "allow_bearer_scheme",
+            self.allow_bearer_scheme.is_some(),
+            &[BearerJwt],
+        )?;
+        only_for("cookie", self.cookie.is_some(), &[Cookie])?;
+        only_for("header", self.header.is_some(), &[Header])?;
+        only_for(
+            "subject_header",
+            self.subject_header.is_some(),
+            &[Cookie, Header],
+        )?;
+
+        let session_kind = match kind {
+            BearerJwt => {
+                let mut sources = Vec::new();
+                if let Some(file) = self.jwks_file {
+                    sources.push(("jwks_file", JwtKeys::JwksFile(file)));
+                }
+                if let Some(file) = self.public_key_pem {
+                    sources.push(("public_key_pem", JwtKeys::PublicKeyPem(file)));
+                }
+                if let Some(var) = self.hs256_secret_env {
+                    sources.push(("hs256_secret_env", JwtKeys::Hs256Env(var)));
+                }
+                let keys = match sources.as_slice() {
+                    [] => {
+                        return invalid(
+                            "session",
+                            "kind bearer_jwt needs exactly one key source: jwks_file, \
+                             public_key_pem or hs256_secret_env; none is set",
+                        )
+                    }
+                    [(first, _), (second, _), ..] => {
+                        return invalid(
+                            format!("session.{second}"),
+                            format!(
+                                "kind bearer_jwt takes exactly one key source (jwks_file, \
+                                 public_key_pem or hs256_secret_env), but both {first} and \
+                                 {second} are set"
+                            ),
+                        )
+                    }
+                    [(key, keys)] => {
+                        check_key_source(key, keys)?;
+                        keys.clone()
+                    }
+                };
+                SessionKind::BearerJwt {
+                    keys,
+                    issuer: self
+                        .issuer
+                        .map(|v| non_empty("session.issuer", v))
+                        .transpose()?,
+                    audience: self
+                        .audience
+                        .map(|v| non_empty("session.audience", v))
+                        .transpose()?,
+                }
+            }
+            Cookie => match self.cookie {
+                Some(Parsed(CookieName(name))) => SessionKind::Cookie { name },
+                None => {
+                    return invalid(
+                        "session.cookie",
+                        "kind cookie needs the cookie name, e.g. cookie: session_id",
+                    )
+                }
+            },
+            Header => match self.header {
+                Some(Parsed(HeaderText(name))) => SessionKind::Header { name },
+                None => {
+                    return invalid(
+                        "session.header",
+                        "kind header needs the header name, e.g. header: x-session",
+                    )
+                }
+            },
+        };
+        Ok(SessionConfig {
+            kind: session_kind,
+            upstream_scheme: match self.upstream_scheme {
+                None | Some(FileUpstreamScheme::Bearer) => UpstreamScheme::Bearer,
+                Some(FileUpstreamScheme::Dpop) => UpstreamScheme::Dpop,
+            },
+            binding_ttl: positive("session.binding_ttl", self.binding_ttl, DEFAULT_BINDING_TTL)?,
+            allow_bearer_scheme: self.allow_bearer_scheme.unwrap_or(false),
+            subject_header: self.subject_header.map(|Parsed(HeaderText(name))| name),
+        })
+    }
+}
+
+/// The single `bearer_jwt` key source must name something.
+fn check_key_source(key: &str, keys: &JwtKeys) -> Result<(), Invalid> {
+    let path = format!("session.{key}");
+    match keys {
+        JwtKeys::JwksFile(file) | JwtKeys::PublicKeyPem(file) if file.as_os_str().is_empty() => {
+            invalid(path, "must name a file")
+        }
+        JwtKeys::Hs256Env(var)
+            if var.is_empty()
+                || var.starts_with(|c: char| c.is_ascii_digit())
+                || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            invalid(
+                path,
+                format!(
+                    "{var:?} is not an environment variable name; expected one like IDP_HS256_SECRET"
+                ),
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
+impl FileConfirmation {
+    fn default_config() -> ConfirmationConfig {
+        ConfirmationConfig {
+            algs: DEFAULT_ALGS.to_vec(),
+            nonce_ttl: DEFAULT_NONCE_TTL,
+            proof_max_age: DEFAULT_PROOF_MAX_AGE,
+            clock_skew: DEFAULT_CLOCK_SKEW,
+            continuation_ttl: DEFAULT_CONTINUATION_TTL,
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+
+    fn validate(self) -> Result<ConfirmationConfig, Invalid> {
+        let algs = match self.algs {
+            None => DEFAULT_ALGS.to_vec(),
+            Some(names) => {
+                let mut algs = Vec::new();
+                // `EdDSA` and `Ed25519` name the same algorithm; keep the first.
+                for Parsed(alg) in names {
+                    if !algs.contains(&alg) {
+                        algs.push(alg);
+                    }
+                }
+                if algs.is_empty() {
+                    return invalid(
+                        "confirmation.algs",
+                        "at least one algorithm is required, e.g. [ES256, EdDSA]",
+                    );
+                }
+                algs
+            }
+        };
+        Ok(ConfirmationConfig {
+            algs,
+            nonce_ttl: positive("confirmation.nonce_ttl", self.nonce_ttl, DEFAULT_NONCE_TTL)?,
+            proof_max_age: positive(
+                "confirmation.proof_max_age",
+                self.proof_max_age,
+                DEFAULT_PROOF_MAX_AGE,
+            )?,
+            clock_skew: self.clock_skew.map_or(DEFAULT_CLOCK_SKEW, |Parsed(d)| d),
+            continuation_ttl: positive(
+                "confirmation.continuation_ttl",
+                self.continuation_ttl,
+                DEFAULT_CONTINUATION_TTL,
+            )?,
+            max_body: self.max_body.map_or(DEFAULT_MAX_BODY, |Parsed(Bytes(n))| n),
+        })
+    }
+}
+
+impl FileStore {
+    fn validate(self) -> Result<StoreConfig, Invalid> {
+        match self.kind {
+            FileStoreKind::Memory => {
+                if self.url.is_some() {
+                    return invalid("store.url", "only used with kind: redis");
+                }
+                if self.timeout.is_some() {
+                    return invalid("store.timeout", "only used with kind: redis");
+                }
+                let max_entries = self.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES);
+                if max_entries == 0 {
+                    return invalid("store.max_entries", "must be at least 1");
+                }
+                Ok(StoreConfig::Memory { max_entries })
+            }
+            FileStoreKind::Redis => {
+                if self.max_entries.is_some() {
+                    return invalid("store.max_entries", "only used with kind: memory");
+                }
+                let Some(Parsed(RedisUrl(url))) = self.url else {
+                    return invalid(
+                        "store.url",
+                        "kind redis needs a url, e.g. url: \"redis://127.0.0.1:6379\"",
+                    );
+                };
+                Ok(StoreConfig::Redis {
+                    url,
+                    timeout: positive("store.timeout", self.timeout, DEFAULT_REDIS_TIMEOUT)?,
+                })
+            }
+        }
+    }
+}
+
+impl FileServer {
+    fn validate(self) -> Result<ServerConfig, Invalid> {
+        let threads = self.threads.unwrap_or_else(default_threads);
+        if threads == 0 {
+            return invalid("server.threads", "must be at least 1");
+        }
+        Ok(ServerConfig {
+            threads,
+            grace_period: self.grace_period.map_or(Duration::ZERO, |Parsed(d)| d),
+            shutdown_timeout: self
+                .shutdown_timeout
+                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |Parsed(d)| d),
+        })
+    }
+}
+
+/// Checks names, upstream references and reachability, and compiles the table.
+fn validate_routes(
+    file_routes: Vec<FileRoute>,
+    upstreams: &BTreeMap<String, Upstream>,
+) -> Result<RouteTable, Invalid> {
+    if file_routes.is_empty() {
+        return invalid(
+            "routes",
+            "at least one route is required; the last is usually a catch-all like \
+             { name: default, match: { path: \"/{*rest}\" }, upstream: legacy-admin, risk: low }",
+        );
+    }
+    let mut routes: Vec<Route> = Vec::with_capacity(file_routes.len());
+    for (i, file_route) in file_routes.into_iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let name = file_route.name;
+        check_name(&format!("{path}.name"), "route", &name)?;
+        if let Some(j) = routes.iter().position(|r| r.name == name) {
+            return invalid(
+                format!("{path}.name"),
+                format!("duplicate route name {name:?}: routes[{j}] already has it; names must be unique"),
+            );
+        }
+        if !upstreams.contains_key(&file_route.upstream) {
+            let defined: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            return invalid(
+                format!("{path}.upstream"),
+                format!(
+                    "unknown upstream {:?}; defined: {}",
+                    file_route.upstream,
+                    defined.join(", ")
+                ),
+            );
+        }
+        let methods = match file_route.matcher.methods {
+            None => None,
+            Some(list) if list.is_empty() => {
+                return invalid(
+                    format!("{path}.match.methods"),
+                    "lists no method, so the route could never match; omit methods to match every method",
+                )
+            }
+            Some(list) => {
+                let mut methods: Vec<Method> = Vec::with_capacity(list.len());
+                for Parsed(method) in list {
+                    if !methods.contains(&method) {
+                        methods.push(method);
+                    }
+                }
+                Some(methods)
+            }
+        };
+        let template = file_route.matcher.path.0;
+        for (j, earlier) in routes.iter().enumerate() {
+            let same_paths =
+                earlier.template.is_catch_all() || earlier.template.as_str() == template.as_str();
+            if same_paths && covers(&earlier.methods, &methods) {
+                return invalid(
+                    format!("{path}.match"),
+                    format!(
+                        "route {name:?} can never match: the earlier route {:?} (routes[{j}]) \
+                         matches {} on {} first; move {name:?} above it or narrow the earlier route",
+                        earlier.name,
+                        if earlier.template.is_catch_all() {
+                            "every path".to_string()
+                        } else {
+                            format!("the same path {:?}", template.as_str())
+                        },
+                        describe_methods(&earlier.methods),
+                    ),
+                );
+            }
+        }
+        routes.push(Route {
+            name,
+            methods,
+            template,
+            upstream: file_route.upstream,
+            risk: match file_route.risk {
+                FileRisk::Low => Risk::Low,
+                FileRisk::High => Risk::High,
+            },
+        });
+    }
+    Ok(RouteTable::new(routes))
+}

@@ -1,0 +1,369 @@
+//! The compiled route table: `(method, path)` → the first configured [`Route`] that matches, with its
+//! risk and upstream. Templates are parsed once at load; matching walks the request path segment by
+//! segment without allocating. Literal segments compare byte for byte: the path must already be in
+//! the form the gateway decided to accept (no dot segments, no encoded slashes) before it gets here.
+
+use std::sync::Arc;
+
+use http::Method;
+
+/// How a route is treated: proxied untouched, or only with a confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Risk {
+    /// Proxied untouched, streamed.
+    Low,
+    /// Executes only with a confirmation (CONTRACT §3).
+    High,
+}
+
+impl Risk {
+    /// The config and log name: `low` or `high`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::High => "high",
+        }
+    }
+}
+
+/// One segment of a compiled template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// Must equal the request segment exactly.
+    Literal(String),
+    /// `{name}`: exactly one non-empty segment.
+    Param,
+    /// `{*name}`: the rest of the path, possibly empty, slashes included.
+    CatchAll,
+}
+
+/// A path template such as `/api/users/{id}` or `/static/{*rest}`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+impl PathTemplate {
+    /// Parses and compiles a template; the error says what is wrong and what is expected.
+    pub fn parse(template: &str) -> Result<PathTemplate, String> {
+        let Some(body) = template.strip_prefix('/') else {
+            return Err(format!(
+                "path template {template:?} must start with '/', e.g. \"/api/users/{{id}}\""
+            ));
+        };
+        if let Some(bad) = body
+            .chars()
+            .find(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "path template {template:?}: character {bad:?} cannot appear in a request path (templates match the path only, without query)"
+            ));
+        }
+        let raw: Vec<&str> = body.split('/').collect();
+        let mut names: Vec<&str> = Vec::new();
+        let mut segments = Vec::with_capacity(raw.len());
+        for (i, part) in raw.iter().enumerate() {
+            let last = i + 1 == raw.len();
+            if part.is_empty() && !last {
+                return Err(format!(
+                    "path template {template:?} has an empty segment (\"//\")"
+                ));
+            }
+            let segment = if let Some(inner) =
+                part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+            {
+                let (name, segment) = match inner.strip_prefix('*') {
+                    Some(name) if last => (name, Segment::CatchAll),
+                    Some(_) => {
+                        return Err(format!(
+                            "path template {template:?}: the catch-all {part:?} must be the last segment"
+                        ))
+                    }
+                    None => (inner, Segment::Param),
+                };
+                if !is_param_name(name) {
+                    return Err(format!(
+                        "path template {template:?}: parameter name {name:?} must match [A-Za-z_][A-Za-z0-9_]*"
+                    ));
+                }
+                if names.contains(&name) {
+                    return Err(format!(
+                        "path template {template:?}: parameter {name:?} appears twice"
+                    ));
+                }
+                names.push(name);
+                segment
+            } else {
+                if part.contains(['{', '}']) {
+                    return Err(format!(
+                        "path template {template:?}: segment {part:?} has a stray brace; a parameter is a whole segment, {{name}} or {{*name}}"
+                    ));
+                }
+                Segment::Literal((*part).to_string())
+            };
+            segments.push(segment);
+        }
+        Ok(PathTemplate {
+            source: template.to_string(),
+            segments,
+        })
+    }
+
+    /// Whether the request path (without query) matches. A trailing `{*name}` also matches when
+    /// the path ends right before it (`/api/{*rest}` matches `/api`, `/api/` and `/api/a/b`).
+    pub fn matches(&self, path: &str) -> bool {
+        let Some(body) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut rest = Some(body);
+        for segment in &self.segments {
+            let remaining = match (segment, rest) {
+                (Segment::CatchAll, _) => return true,
+                (_, None) => return false,
+                (_, Some(remaining)) => remaining,
+            };
+            let (head, tail) = match remaining.split_once('/') {
+                Some((head, tail)) => (head, Some(tail)),
+                None => (remaining, None),
+            };
+            let ok = match segment {
+                Segment::Literal(literal) => head == literal,
+                Segment::Param => !head.is_empty(),
+                Segment::CatchAll => true,
+            };
+            if !ok {
+                return false;
+            }
+            rest = tail;
+        }
+        rest.is_none()
+    }
+
+    /// The template as written in the config.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether this template is a bare catch-all such as `/{*rest}`, matching every path.
+    pub fn is_catch_all(&self) -> bool {
+        matches!(self.segments.as_slice(), [Segment::CatchAll])
+    }
+}
+
+fn is_param_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// One configured route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Its name, used in audit records, metric labels and the provenance token.
+    pub name: String,
+    /// Methods it matches; `None` matches every method.
+    pub methods: Option<Vec<Method>>,
+    /// Path template it matches.
+    pub template: PathTemplate,
+    /// Name of the upstream it forwards to.
+    pub upstream: String,
+    /// Whether it needs a confirmation.
+    pub risk: Risk,
+}
+
+impl Route {
+    /// Whether this route matches the request method and path.
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|methods| methods.contains(method))
+            && self.template.matches(path)
+    }
+}
+
+/// Routes in config order; the first one that matches wins.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Builds the table, keeping the order given.
+    pub fn new(routes: Vec<Route>) -> RouteTable {
+        RouteTable {
+            routes: routes.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// The first route matching `method` and `path` (the path without query), if any.
+    pub fn find(&self, method: &Method, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|route| route.matches(method, path))
+    }
+
+    /// Every route, in match order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether the table has no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(text: &str) -> PathTemplate {
+        PathTemplate::parse(text).expect("test template is valid")
+    }
+
+    fn route(name: &str, methods: Option<&[Method]>, path: &str, risk: Risk) -> Route {
+        Route {
+            name: name.to_string(),
+            methods: methods.map(<[Method]>::to_vec),
+            template: template(path),
+            upstream: "legacy-admin".to_string(),
+            risk,
+        }
+    }
+
+    #[test]
+    fn literal_templates_match_exactly() {
+        let t = template("/api/users");
+        assert!(t.matches("/api/users"));
+        assert!(!t.matches("/api/users/"));
+        assert!(!t.matches("/api/Users"));
+        assert!(!t.matches("/api/users/1"));
+        assert!(!t.matches("/api"));
+        assert!(!t.matches("api/users"));
+        assert!(!t.matches(""));
+    }
+
+    #[test]
+    fn root_template_matches_only_root() {
+        let t = template("/");
+        assert!(t.matches("/"));
+        assert!(!t.matches("/a"));
+        assert!(!t.matches(""));
+    }
+
+    #[test]
+    fn trailing_slash_is_a_literal_empty_segment() {
+        let t = template("/api/users/");
+        assert!(t.matches("/api/users/"));
+        assert!(!t.matches("/api/users"));
+    }
+
+    #[test]
+    fn params_match_one_non_empty_segment() {
+        let t = template("/api/users/{id}");
+        assert!(t.matches("/api/users/42"));
+        assert!(t.matches("/api/users/a%2Fb"));
+        assert!(!t.matches("/api/users/"));
+        assert!(!t.matches("/api/users"));
+        assert!(!t.matches("/api/users/42/roles"));
+        let t = template("/api/secrets/{name}/rotate");
+        assert!(t.matches("/api/secrets/db/rotate"));
+        assert!(!t.matches("/api/secrets//rotate"));
+        assert!(!t.matches("/api/secrets/db/rotate/now"));
+    }
+
+    #[test]
+    fn catch_all_matches_the_rest_including_empty() {
+        let t = template("/{*rest}");
+        assert!(t.is_catch_all());
+        for path in ["/", "/a", "/a/b/c", "//x", "/a/"] {
+            assert!(t.matches(path), "{path}");
+        }
+        assert!(!t.matches(""));
+        assert!(!t.matches("*"));
+
+        let t = template("/static/{*file}");
+        assert!(!t.is_catch_all());
+        assert!(t.matches("/static"));
+        assert!(t.matches("/static/"));
+        assert!(t.matches("/static/css/site.css"));
+        assert!(!t.matches("/statics"));
+        assert!(!t.matches("/other/static"));
+    }
+
+    #[test]
+    fn as_str_returns_the_source() {
+        assert_eq!(template("/a/{b}/{*c}").as_str(), "/a/{b}/{*c}");
+    }
+
+    #[test]
+    fn bad_templates_say_why() {
+        let cases = [
+            ("", "must start with '/'"),
+            ("api/users", "must start with '/'"),
+            ("/api//users", "empty segment"),
+            ("/{*rest}/x", "must be the last segment"),
+            ("/{}", "parameter name"),
+            ("/{*}", "parameter name"),
+            ("/{1id}", "parameter name"),
+            ("/{id-x}", "parameter name"),
+            ("/{id}/{id}", "appears twice"),
+            ("/{a}/{*a}", "appears twice"),
+            ("/files/{name}.json", "stray brace"),
+            ("/files/{name", "stray brace"),
+            ("/files/name}", "stray brace"),
+            ("/{{id}}", "parameter name"),
+            ("/search?q=1", "without query"),
+            ("/a b", "without query"),
+        ];
+        for (text, want) in cases {
+            let err = PathTemplate::parse(text).expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn first_matching_route_wins() {
+        let table = RouteTable::new(vec![
+            route(
+                "delete-user",
+                Some(&[Method::DELETE]),
+                "/api/users/{id}",
+                Risk::High,
+            ),
+            route("default", None, "/{*rest}", Risk::Low),
+        ]);
+        assert_eq!(table.len(), 2);
+        assert!(!table.is_empty());
+        let hit = table
+            .find(&Method::DELETE, "/api/users/7")
+            .expect("delete matches");
+        assert_eq!(hit.name, "delete-user");
+        assert_eq!(hit.risk, Risk::High);
+        let hit = table
+            .find(&Method::GET, "/api/users/7")
+            .expect("catch-all matches");
+        assert_eq!(hit.name, "default");
+        assert_eq!(hit.risk.as_str(), "low");
+        assert_eq!(table.routes()[0].name, "delete-user");
+    }
+
+    #[test]
+    fn no_route_means_none() {
+        let table = RouteTable::new(vec![route(
+            "rotate",
+            Some(&[Method::POST]),
+            "/api/secrets/{name}/rotate",
+            Risk::High,
+        )]);
+        assert!(table.find(&Method::POST, "/api/secrets/x").is_none());
+        assert!(table.find(&Method::GET, "/api/secrets/x/rotate").is_none());
+        assert!(RouteTable::default().find(&Method::GET, "/").is_none());
+    }
+}
