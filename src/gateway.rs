@@ -548,7 +548,7 @@ impl ProxyHttp for Gateway {
         let Some(route) = self
             .config
             .routes
-            .find(&req.method, req.uri.path())
+            .lookup(&req.method, req.uri.path())
             .cloned()
         else {
             let headers = [("countersign-request-id", ctx.request_id.clone())];

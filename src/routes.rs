@@ -203,6 +203,23 @@ impl RouteTable {
         self.routes.iter().find(|route| route.matches(method, path))
     }
 
+    /// The route for a request path as received. A path with dot segments, empty segments,
+    /// backslashes or percent-encoding is also matched in its canonical form (see
+    /// [`canonical_path`]); when either form reaches a high-impact route, that route wins, so an
+    /// upstream that normalises paths can never be reached around a confirmation.
+    pub fn lookup(&self, method: &Method, raw_path: &str) -> Option<&Arc<Route>> {
+        let raw = self.find(method, raw_path);
+        if !is_ambiguous(raw_path) {
+            return raw;
+        }
+        let canonical = self.find(method, &canonical_path(raw_path));
+        match (raw, canonical) {
+            (Some(r), _) if r.risk == Risk::High => Some(r),
+            (_, Some(c)) if c.risk == Risk::High => Some(c),
+            (r, c) => r.or(c),
+        }
+    }
+
     /// Every route, in match order.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
@@ -219,9 +236,106 @@ impl RouteTable {
     }
 }
 
+/// Whether a path may mean something else to an upstream that normalises it.
+fn is_ambiguous(path: &str) -> bool {
+    path.contains(['%', '\\']) || path.contains("//") || path.contains("/.")
+}
+
+/// The most-decoded reading of a path: backslashes and encoded slashes become `/`, encoded
+/// unreserved characters are decoded (RFC 3986 §6.2.2.2), dot segments are removed (§5.2.4) and
+/// empty segments collapse.
+pub fn canonical_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c == b'/' || c == b'\\' {
+                    decoded.push('/');
+                } else if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    decoded.push(c as char);
+                } else {
+                    decoded.push('%');
+                    decoded.push((bytes[i + 1] as char).to_ascii_uppercase());
+                    decoded.push((bytes[i + 2] as char).to_ascii_uppercase());
+                }
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(if b == b'\\' { '/' } else { b as char });
+        i += 1;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut canonical = format!("/{}", out.join("/"));
+    if trailing && canonical.len() > 1 {
+        canonical.push('/');
+    }
+    canonical
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_paths_resolve_every_disguise() {
+        assert_eq!(canonical_path("/api/./users/1"), "/api/users/1");
+        assert_eq!(canonical_path("/api//users/1"), "/api/users/1");
+        assert_eq!(canonical_path("/api/%75sers/1"), "/api/users/1");
+        assert_eq!(canonical_path("/api/x/../users/1"), "/api/users/1");
+        assert_eq!(canonical_path("/api/%2e%2e/api/users/1"), "/api/users/1");
+        assert_eq!(canonical_path("/api%2Fusers%5c1"), "/api/users/1");
+        assert_eq!(canonical_path("/api\\users\\1"), "/api/users/1");
+        assert_eq!(canonical_path("/a%20b/"), "/a%20b/");
+        assert_eq!(canonical_path("/%zz"), "/%zz");
+    }
+
+    #[test]
+    fn a_disguised_path_still_reaches_the_high_impact_route() {
+        let table = RouteTable::new(vec![
+            route(
+                "delete",
+                Some(&[Method::DELETE]),
+                "/api/users/{id}",
+                Risk::High,
+            ),
+            route("default", None, "/{*rest}", Risk::Low),
+        ]);
+        for path in [
+            "/api/./users/1",
+            "/api//users/1",
+            "/api/%75sers/1",
+            "/api%2Fusers/1",
+            "/api/users/a%2Fb",
+        ] {
+            let found = table
+                .lookup(&Method::DELETE, path)
+                .expect("a route matches");
+            assert_eq!(found.name, "delete", "{path}");
+        }
+        assert_eq!(
+            table
+                .lookup(&Method::DELETE, "/api/users")
+                .expect("route")
+                .name,
+            "default"
+        );
+    }
 
     fn template(text: &str) -> PathTemplate {
         PathTemplate::parse(text).expect("test template is valid")
