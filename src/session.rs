@@ -179,7 +179,7 @@ impl Sessions {
                 })
             }
             (SessionKind::Cookie { name }, _) => {
-                let value = cookie(headers, name).ok_or(SessionError::Missing)?;
+                let value = cookie(headers, name)?;
                 Ok(opaque(value, subject_from_proxy()))
             }
             (SessionKind::Header { name }, _) => {
@@ -240,17 +240,26 @@ fn authorization(headers: &HeaderMap) -> Result<(bool, &str), SessionError> {
     }
 }
 
-/// The first cookie called `name`.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
+/// The one cookie called `name`. A request carrying it twice is ambiguous (the upstream may read
+/// either), so it identifies no session.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, SessionError> {
+    let mut values = headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
-        .filter(|v| !v.is_empty())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let pair = std::str::from_utf8(pair).ok()?.trim();
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        });
+    let value = values.next().ok_or(SessionError::Missing)?;
+    if values.next().is_some() {
+        return Err(SessionError::Invalid);
+    }
+    if value.is_empty() {
+        return Err(SessionError::Missing);
+    }
+    Ok(value)
 }
 
 impl JwtVerifier {
