@@ -100,7 +100,13 @@ async fn walk(base: &str, received: &Mutex<Vec<String>>) -> Result<(), String> {
     let seen = || received.lock().map(|r| r.len()).unwrap_or(0);
 
     println!("1. GET /api/users (low risk) streams straight through");
-    let r = send(&format!("{base}/api/users"), "GET", std::slice::from_ref(&cookie), "").await?;
+    let r = send(
+        &format!("{base}/api/users"),
+        "GET",
+        std::slice::from_ref(&cookie),
+        "",
+    )
+    .await?;
     expect(r.status == 200, "passthrough answered 200", &r)?;
 
     println!("2. DELETE /api/users/42 with no proof: the gateway asks for a confirmation");
