@@ -16,7 +16,7 @@ use crate::nonce::{self, Action};
 use crate::proof::{self, ProofCheck};
 use crate::reason::Reason;
 use crate::session::{Session, SessionError, Sessions};
-use crate::store::{self, Bind, NonceRecord, ReplayStore, StoreError, Take};
+use crate::store::{self, Bind, Chain, NonceRecord, ReplayStore, StoreError, Take};
 
 /// A nonce handed to the client.
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ pub struct Confirmation {
     pub id: Uuid,
     /// The device key thumbprint.
     pub jkt: String,
+    /// The confirmations this one continues, when it follows a redirect.
+    pub chain: Option<Chain>,
 }
 
 /// The decision for one high-impact request.
@@ -195,12 +197,12 @@ impl Confirmer {
                 .take_nonce(&nonce::key(presented), &action.binding(), &proof.jkt)
                 .await,
         )?;
-        match taken {
-            Take::Consumed(_) => {}
+        let chain = match taken {
+            Take::Consumed(record) => record.chain,
             Take::Unknown => return Err(fail(Reason::NonceExpired)),
             Take::Used => return Err(fail(Reason::NonceReplay)),
             Take::Mismatch => return Err(fail(Reason::ActionMismatch)),
-        }
+        };
         let jti_window = self.config.proof_max_age + self.config.clock_skew;
         let jti_key = store::key("jti", &[proof.jkt.as_bytes(), proof.jti.as_bytes()]);
         if !self.store_call(self.store.claim_jti(&jti_key, jti_window).await)? {
@@ -220,6 +222,7 @@ impl Confirmer {
         Ok(Confirmation {
             id: Uuid::now_v7(),
             jkt: proof.jkt,
+            chain,
         })
     }
 
@@ -231,23 +234,51 @@ impl Confirmer {
                 .store_call(self.store.device(&binding_key(session)).await)
                 .map_err(Refusal::reason)?,
         };
-        let value = nonce::fresh();
-        let record = NonceRecord {
-            action: action.binding(),
-            device,
-        };
-        self.store_call(
-            self.store
-                .put_nonce(&nonce::key(&value), record, self.config.nonce_ttl)
-                .await,
+        self.issue(
+            NonceRecord {
+                action: action.binding(),
+                device,
+                chain: None,
+            },
+            self.config.nonce_ttl,
         )
-        .map_err(Refusal::reason)?;
+        .await
+    }
+
+    /// Issues a continuation nonce after a confirmed request was redirected to another
+    /// high-impact action: bound to the same session and device, the follow-up action, and the
+    /// confirmation chain; valid `continuation_ttl`.
+    pub async fn continuation(
+        &self,
+        confirmation: &Confirmation,
+        follow_up: &Action<'_>,
+    ) -> Result<Challenge, Reason> {
+        let parent = confirmation.id.to_string();
+        let root = confirmation
+            .chain
+            .as_ref()
+            .map_or_else(|| parent.clone(), |c| c.root.clone());
+        self.issue(
+            NonceRecord {
+                action: follow_up.binding(),
+                device: Some(confirmation.jkt.clone()),
+                chain: Some(Chain { root, parent }),
+            },
+            self.config.continuation_ttl,
+        )
+        .await
+    }
+
+    async fn issue(&self, record: NonceRecord, ttl: Duration) -> Result<Challenge, Reason> {
+        let value = nonce::fresh();
+        self.store_call(self.store.put_nonce(&nonce::key(&value), record, ttl).await)
+            .map_err(Refusal::reason)?;
         self.metrics
             .nonces_outstanding
             .set(self.store.outstanding_nonces() as i64);
         Ok(Challenge {
             nonce: value,
-            expires_at: SystemTime::now() + self.config.nonce_ttl,
+            expires_at: SystemTime::now() + ttl,
         })
     }
 

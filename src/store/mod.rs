@@ -33,6 +33,17 @@ pub struct NonceRecord {
     pub action: [u8; 32],
     /// The device key the session was bound to when the nonce was issued.
     pub device: Option<String>,
+    /// For a continuation nonce (issued on a redirect): the confirmations it continues.
+    pub chain: Option<Chain>,
+}
+
+/// The confirmations a continuation follows (CONTRACT §5, redirects keep provenance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// The first confirmation of the chain.
+    pub root: String,
+    /// The confirmation whose response redirected here.
+    pub parent: String,
 }
 
 impl NonceRecord {
