@@ -39,6 +39,9 @@ pub struct Record {
     pub confirmation_id: Option<String>,
     /// The confirmation this one continues (redirect chains).
     pub parent_id: Option<String>,
+    /// The immediate parent in a redirect chain (`parent_id` is the chain's root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// Route name.
     pub route: String,
     /// Request method.

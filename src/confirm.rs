@@ -103,6 +103,22 @@ impl Confirmer {
         &self.store
     }
 
+    /// The session reader.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Binds a rotated session id to the device that confirmed the request whose response
+    /// rotated it.
+    pub async fn carry_binding(&self, session_id: &str, jkt: &str) -> Result<(), Reason> {
+        let key = store::key("binding", &[session_id.as_bytes()]);
+        match self.store_call(self.store.bind_device(&key, jkt, self.binding_ttl).await) {
+            Ok(Bind::New | Bind::Same) => Ok(()),
+            Ok(Bind::Other) => Err(Reason::DeviceMismatch),
+            Err(refusal) => Err(refusal.reason()),
+        }
+    }
+
     /// The accepted algorithms.
     pub fn algs(&self) -> &[ProofAlg] {
         &self.config.algs

@@ -44,21 +44,27 @@ impl Default for Forwarder {
     }
 }
 
+/// An upstream response whose head has arrived and whose body is still to be relayed.
+pub struct Pending {
+    /// The response head, hop-by-hop headers removed and framing set for the client; rewrite
+    /// it before [`Forwarder::relay`].
+    pub head: ResponseHeader,
+    upstream: HttpSession,
+    bodyless: bool,
+}
+
 impl Forwarder {
-    /// Sends `req` with `body` to `peer` and relays the response to `downstream`, letting
-    /// `rewrite` adjust the response head first. Returns the upstream status.
-    pub async fn relay(
+    /// Sends `req` with `body` to `peer` and waits for the final response head.
+    pub async fn send(
         &self,
-        downstream: &mut Session,
         peer: &HttpPeer,
         mut req: RequestHeader,
         body: Bytes,
-        rewrite: impl FnOnce(&mut ResponseHeader),
-    ) -> Result<u16, ForwardError> {
+    ) -> Result<Pending, ForwardError> {
         req.insert_header(http::header::CONTENT_LENGTH, body.len())
             .map_err(|e| ForwardError::Upstream(502, e))?;
         let mut attempt = 0;
-        let mut upstream = loop {
+        let upstream = loop {
             attempt += 1;
             let (mut upstream, reused) = self
                 .connector
@@ -84,9 +90,28 @@ impl Forwarder {
         if !bodyless && !head.headers.contains_key(http::header::CONTENT_LENGTH) {
             // Chunked or close-delimited upstream: re-frame as chunked for the client.
             head.insert_header(http::header::TRANSFER_ENCODING, "chunked")
-                .map_err(ForwardError::Relay)?;
+                .map_err(|e| ForwardError::Upstream(502, e))?;
         }
-        rewrite(&mut head);
+        Ok(Pending {
+            head,
+            upstream,
+            bodyless,
+        })
+    }
+
+    /// Writes the (rewritten) head to the client and streams the body; the upstream connection
+    /// goes back to the pool when the response ended cleanly.
+    pub async fn relay(
+        &self,
+        downstream: &mut Session,
+        peer: &HttpPeer,
+        pending: Pending,
+    ) -> Result<(), ForwardError> {
+        let Pending {
+            head,
+            mut upstream,
+            bodyless,
+        } = pending;
         downstream
             .write_response_header(Box::new(head), bodyless)
             .await
@@ -115,7 +140,7 @@ impl Forwarder {
         } else {
             upstream.shutdown().await;
         }
-        Ok(status)
+        Ok(())
     }
 }
 

@@ -93,40 +93,136 @@ pub fn strip_request(req: &mut RequestHeader, framing: Framing) {
     }
 }
 
-/// Sets `X-Forwarded-For/Proto/Host`: appended to (For) or kept (Proto, Host) from a trusted
-/// proxy, replaced from anyone else.
-pub fn set_forwarded(req: &mut RequestHeader, peer: Peer, scheme: &str, host: Option<&str>) {
-    let ip = peer.ip.map(|ip| canonical(ip).to_string());
-    let prior_for = header_str(&req.headers, "x-forwarded-for").map(str::to_owned);
-    let xff = match (peer.trusted, prior_for, ip) {
-        (true, Some(prior), Some(ip)) => Some(format!("{prior}, {ip}")),
-        (_, _, ip) => ip,
-    };
-    match xff {
-        Some(v) => insert(req, "x-forwarded-for", &v),
-        None => {
-            req.remove_header("x-forwarded-for");
+/// How the client addressed the gateway: scheme, host and path prefix, as far as this gateway
+/// may believe them. `X-Forwarded-Proto/Host/Prefix` and RFC 7239 `Forwarded` count only from a
+/// trusted proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientView {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Host (with port) the client used.
+    pub host: Option<String>,
+    /// Path prefix an outer proxy stripped, without trailing slash.
+    pub prefix: String,
+}
+
+impl ClientView {
+    /// Reads the view from a request.
+    pub fn of(headers: &HeaderMap, uri: &http::Uri, peer: Peer) -> ClientView {
+        let forwarded = if peer.trusted {
+            first_forwarded(headers)
+        } else {
+            Default::default()
+        };
+        let trusted = |name| {
+            if peer.trusted {
+                header_str(headers, name)
+                    .map(|v| v.split(',').next().unwrap_or(v).trim().to_string())
+            } else {
+                None
+            }
+        };
+        let scheme = trusted("x-forwarded-proto")
+            .or(forwarded.proto)
+            .filter(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
+            .map_or_else(|| "http".to_string(), |s| s.to_ascii_lowercase());
+        let host = trusted("x-forwarded-host")
+            .or(forwarded.host)
+            .or_else(|| header_str(headers, "host").map(str::to_owned))
+            .or_else(|| uri.authority().map(|a| a.as_str().to_owned()));
+        let prefix = trusted("x-forwarded-prefix")
+            .filter(|p| p.starts_with('/'))
+            .map(|p| p.trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        ClientView {
+            scheme,
+            host,
+            prefix,
         }
     }
-    let keep_proto = peer.trusted && req.headers.contains_key("x-forwarded-proto");
-    let keep_host = peer.trusted && req.headers.contains_key("x-forwarded-host");
-    if !keep_proto {
-        insert(req, "x-forwarded-proto", scheme);
+
+    /// The external URI of a request path (CONTRACT §4 htu), before normalisation:
+    /// `public_origin` + its prefix + path when configured, else what the client used.
+    pub fn external_uri(&self, public: Option<&PublicOrigin>, path: &str) -> String {
+        format!("{}{path}", self.base(public))
     }
-    if !keep_host {
-        match host {
-            Some(h) => insert(req, "x-forwarded-host", h),
-            None => {
-                req.remove_header("x-forwarded-host");
-            }
+
+    /// `scheme://host[/prefix]` as the client sees the gateway.
+    pub fn base(&self, public: Option<&PublicOrigin>) -> String {
+        match public {
+            Some(o) => format!("{}{}", o.origin(), o.prefix),
+            None => format!(
+                "{}://{}{}",
+                self.scheme,
+                self.host.as_deref().unwrap_or("localhost"),
+                self.prefix
+            ),
         }
     }
 }
 
-fn insert(req: &mut RequestHeader, name: &'static str, value: &str) {
-    // Values come from validated headers or addresses; a value that is not a valid header
-    // value is dropped rather than forwarded.
-    if req.insert_header(name, value).is_err() {
+#[derive(Default)]
+struct ForwardedElement {
+    proto: Option<String>,
+    host: Option<String>,
+}
+
+/// The first element of RFC 7239 `Forwarded` (the one the outermost proxy wrote).
+fn first_forwarded(headers: &HeaderMap) -> ForwardedElement {
+    let mut out = ForwardedElement::default();
+    let Some(value) = header_str(headers, "forwarded") else {
+        return out;
+    };
+    let first = value.split(',').next().unwrap_or("");
+    for pair in first.split(';') {
+        let Some((k, v)) = pair.trim().split_once('=') else {
+            continue;
+        };
+        let v = v.trim().trim_matches('"').to_string();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "proto" => out.proto = Some(v),
+            "host" => out.host = Some(v),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Sets `X-Forwarded-For/Proto/Host` and `Forwarded`: appended to (For, Forwarded) or kept
+/// (Proto, Host, Prefix) from a trusted proxy, replaced from anyone else.
+pub fn set_forwarded(req: &mut RequestHeader, peer: Peer, view: &ClientView) {
+    let ip = peer.ip.map(canonical);
+    let ip_text = ip.map(|ip| ip.to_string());
+    let append = |prior: Option<&str>, new: Option<String>| match (peer.trusted, prior, new) {
+        (true, Some(prior), Some(new)) => Some(format!("{prior}, {new}")),
+        (_, _, new) => new,
+    };
+    let xff = append(header_str(&req.headers, "x-forwarded-for"), ip_text.clone());
+    let node = ip.map(|ip| match ip {
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        v4 => v4.to_string(),
+    });
+    let element = node.map(|n| {
+        let host = view
+            .host
+            .as_deref()
+            .map_or_else(String::new, |h| format!(";host=\"{h}\""));
+        format!("for={n};proto={}{host}", view.scheme)
+    });
+    let forwarded = append(header_str(&req.headers, "forwarded"), element);
+    set_or_remove(req, "x-forwarded-for", xff.as_deref());
+    set_or_remove(req, "forwarded", forwarded.as_deref());
+    if !peer.trusted {
+        req.remove_header("x-forwarded-prefix");
+    }
+    set_or_remove(req, "x-forwarded-proto", Some(&view.scheme));
+    set_or_remove(req, "x-forwarded-host", view.host.as_deref());
+}
+
+fn set_or_remove(req: &mut RequestHeader, name: &'static str, value: Option<&str>) {
+    // A value that is not a valid header value is dropped rather than forwarded.
+    let ok = value.is_some_and(|v| req.insert_header(name, v).is_ok());
+    if !ok {
         req.remove_header(name);
     }
 }
@@ -135,56 +231,64 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The scheme and authority the client used, as this gateway may believe them.
-pub fn client_origin<'h>(
-    headers: &'h HeaderMap,
-    uri: &'h http::Uri,
-    peer: Peer,
-) -> (&'h str, Option<&'h str>) {
-    let forwarded = |name| {
-        if peer.trusted {
-            header_str(headers, name).map(|v| v.split(',').next().unwrap_or(v).trim())
-        } else {
-            None
-        }
-    };
-    let scheme = forwarded("x-forwarded-proto").unwrap_or("http");
-    let host = forwarded("x-forwarded-host")
-        .or_else(|| header_str(headers, "host"))
-        .or_else(|| uri.authority().map(|a| a.as_str()));
-    (scheme, host)
-}
-
-/// The external URI of a request (CONTRACT §4 htu), before normalisation.
-pub fn external_uri(
-    public: Option<&PublicOrigin>,
-    scheme: &str,
-    host: Option<&str>,
-    path: &str,
-) -> String {
-    match public {
-        Some(o) => format!("{}{}{}", o.origin(), o.prefix, path),
-        None => format!("{scheme}://{}{path}", host.unwrap_or("")),
-    }
-}
-
-/// Rewrites an absolute `Location` on one of the upstream's own origins to the public origin;
-/// relative and foreign Locations are left alone (`None`).
+/// Rewrites an absolute URL on one of the upstream's own origins to the public base; relative
+/// and foreign URLs are left alone (`None`).
 pub fn rewrite_location(
     location: &str,
     upstream_origins: &[String],
-    public_origin: &str,
+    public_base: &str,
 ) -> Option<String> {
     let lower = location.to_ascii_lowercase();
     upstream_origins.iter().find_map(|origin| {
         let rest = lower.strip_prefix(origin.as_str())?;
         // The origin must end here: "http://a:1" must not match "http://a:10".
         if rest.is_empty() || rest.starts_with(['/', '?', '#']) {
-            Some(format!("{public_origin}{}", &location[origin.len()..]))
+            Some(format!("{public_base}{}", &location[origin.len()..]))
         } else {
             None
         }
     })
+}
+
+/// Rewrites the URL of a `Refresh: 5; url=...` header like a `Location`.
+pub fn rewrite_refresh(
+    refresh: &str,
+    upstream_origins: &[String],
+    public_base: &str,
+) -> Option<String> {
+    let at = refresh.to_ascii_lowercase().find("url=")? + 4;
+    let (head, url) = refresh.split_at(at);
+    let quote = url.chars().next().filter(|c| *c == '\'' || *c == '"');
+    let inner = quote.map_or(url, |q| url.trim_start_matches(q).trim_end_matches(q));
+    let rewritten = rewrite_location(inner, upstream_origins, public_base)?;
+    Some(match quote {
+        Some(q) => format!("{head}{q}{rewritten}{q}"),
+        None => format!("{head}{rewritten}"),
+    })
+}
+
+/// The origin-form target (path and query) a `Location` leads to on this gateway, if it leads
+/// here at all: absolute on `public_base`, absolute-path, or relative to `request_path`.
+pub fn gateway_target(location: &str, public_base: &str, request_path: &str) -> Option<String> {
+    let location = location.split('#').next().unwrap_or("");
+    let lower = location.to_ascii_lowercase();
+    let target = if let Some(rest) = lower.strip_prefix(&public_base.to_ascii_lowercase()) {
+        let rest = &location[location.len() - rest.len()..];
+        match rest.chars().next() {
+            None => "/".to_string(),
+            Some('/') => rest.to_string(),
+            Some('?') => format!("/{rest}"),
+            _ => return None,
+        }
+    } else if location.starts_with("//") || lower.contains("://") {
+        return None;
+    } else if location.starts_with('/') {
+        location.to_string()
+    } else {
+        let dir = request_path.rsplit_once('/').map_or("", |(d, _)| d);
+        format!("{dir}/{location}")
+    };
+    Some(target)
 }
 
 #[cfg(test)]

@@ -11,17 +11,19 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::audit::{AuditLog, Event, Record};
 use crate::config::{Config, UpstreamScheme};
 use crate::confirm::{Challenge, Confirmation, Confirmer, Exchange, Outcome};
-use crate::forward::{ForwardError, Forwarder};
-use crate::forwarding::{self, Framing, Peer};
+use crate::forward::{ForwardError, Forwarder, Pending};
+use crate::forwarding::{self, ClientView, Framing, Peer};
 use crate::htu;
 use crate::metrics::{Decision, Metrics};
+use crate::nonce::Action;
 use crate::provenance::{self, Signer};
 use crate::reason::Reason;
 use crate::reply;
@@ -30,12 +32,17 @@ use crate::session::Session as UserSession;
 
 /// How long a high-impact request body may take to arrive.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// SHA-256 of the empty body.
+const EMPTY_SHA256: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
 
 /// An upstream, ready to connect to.
 struct Target {
     peer: HttpPeer,
-    /// Origins whose absolute `Location`s are rewritten to the public origin.
-    origins: Vec<String>,
+    /// The upstream's own origin (its configured address).
+    origin: String,
 }
 
 /// The gateway.
@@ -54,8 +61,21 @@ pub struct Gateway {
 pub struct RequestCtx {
     route: Option<Arc<Route>>,
     peer: Peer,
+    view: Option<ClientView>,
     request_id: String,
     started: Instant,
+    span: tracing::Span,
+}
+
+/// What a high-impact request has established by the time it is forwarded.
+struct Confirmed<'a> {
+    req: &'a RequestHeader,
+    route: &'a Route,
+    user: &'a UserSession,
+    confirmation: &'a Confirmation,
+    target: &'a str,
+    body_hex: &'a str,
+    body_sha256: &'a [u8; 32],
 }
 
 impl Gateway {
@@ -76,8 +96,8 @@ impl Gateway {
                 peer.options.read_timeout = Some(u.read_timeout);
                 peer.options.idle_timeout = Some(Duration::from_secs(60));
                 let scheme = if u.tls { "https" } else { "http" };
-                let origins = vec![format!("{scheme}://{}", u.address.to_ascii_lowercase())];
-                (u.name.clone(), Target { peer, origins })
+                let origin = format!("{scheme}://{}", u.address.to_ascii_lowercase());
+                (u.name.clone(), Target { peer, origin })
             })
             .collect();
         let algs = confirmer
@@ -104,25 +124,48 @@ impl Gateway {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "route names no upstream"))
     }
 
-    /// Location rewrite for one response (both paths).
-    fn rewrite_location(&self, head: &mut ResponseHeader, target: &Target, public: &str) {
-        for name in ["location", "content-location"] {
+    fn view(ctx: &RequestCtx) -> ClientView {
+        ctx.view.clone().unwrap_or(ClientView {
+            scheme: "http".into(),
+            host: None,
+            prefix: String::new(),
+        })
+    }
+
+    /// Rewrites `Location`, `Content-Location` and `Refresh` URLs on the upstream's own origin
+    /// (its configured address, or the `Host` it was sent) to the origin the client sees.
+    fn rewrite_urls(
+        &self,
+        head: &mut ResponseHeader,
+        route: &Route,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+    ) {
+        let Ok(target) = self.target(route) else {
+            return;
+        };
+        let view = Self::view(ctx);
+        let mut origins = vec![target.origin.clone()];
+        if let Some(host) = req.headers.get("host").and_then(|h| h.to_str().ok()) {
+            let scheme = if target.peer.is_tls() {
+                "https"
+            } else {
+                "http"
+            };
+            origins.push(format!("{scheme}://{}", host.to_ascii_lowercase()));
+        }
+        let base = view.base(self.config.public_origin.as_ref());
+        for name in ["location", "content-location", "refresh"] {
             let Some(value) = head.headers.get(name).and_then(|v| v.to_str().ok()) else {
                 continue;
             };
-            if let Some(new) = forwarding::rewrite_location(value, &target.origins, public) {
+            let rewritten = if name == "refresh" {
+                forwarding::rewrite_refresh(value, &origins, &base)
+            } else {
+                forwarding::rewrite_location(value, &origins, &base)
+            };
+            if let Some(new) = rewritten {
                 let _ = head.insert_header(name, new);
-            }
-        }
-    }
-
-    /// The origin clients see, for Location rewriting.
-    fn public_origin(&self, req: &RequestHeader, peer: Peer) -> String {
-        match &self.config.public_origin {
-            Some(o) => format!("{}{}", o.origin(), o.prefix),
-            None => {
-                let (scheme, host) = forwarding::client_origin(&req.headers, &req.uri, peer);
-                format!("{scheme}://{}", host.unwrap_or("localhost"))
             }
         }
     }
@@ -160,12 +203,13 @@ impl Gateway {
         ctx: &RequestCtx,
         mut record: Record,
         reason: Reason,
-        challenge: Option<(&Challenge, String)>,
+        challenge: Option<(Challenge, Value)>,
     ) -> pingora::Result<()> {
         let route = record.route.clone();
         record.event = Some(Event::Rejected);
         record.reason = Some(reason.as_str());
         self.write_audit(&record);
+        tracing::info!(route = %route, reason = reason.as_str(), "rejected");
         self.metrics.decision(&route, Decision::Rejected);
         self.metrics
             .rejections
@@ -177,11 +221,11 @@ impl Gateway {
                 .with_label_values(&[&route])
                 .inc();
         }
-        if reason.status() == 413 || reason == Reason::BodyTooLarge {
+        if reason == Reason::BodyTooLarge {
             // The rest of the body was never read: this connection cannot carry another request.
             session.set_keepalive(None);
         }
-        self.challenge_response(
+        self.respond(
             session,
             ctx,
             reason.status(),
@@ -192,14 +236,15 @@ impl Gateway {
         .await
     }
 
-    async fn challenge_response(
+    /// The gateway's own answer to a high-impact request, with the DPoP headers a client needs.
+    async fn respond(
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
         status: u16,
         code: &str,
         description: &str,
-        challenge: Option<(&Challenge, String)>,
+        challenge: Option<(Challenge, Value)>,
     ) -> pingora::Result<()> {
         let mut headers = vec![("countersign-request-id", ctx.request_id.clone())];
         if matches!(status, 400 | 401) {
@@ -216,12 +261,9 @@ impl Gateway {
             ));
         }
         let mut more = None;
-        if let Some((challenge, body)) = challenge {
-            headers.push(("dpop-nonce", challenge.nonce.clone()));
-            more = Some((
-                "confirmation",
-                serde_json::from_str(&body).unwrap_or_default(),
-            ));
+        if let Some((challenge, confirmation)) = challenge {
+            headers.push(("dpop-nonce", challenge.nonce));
+            more = Some(("confirmation", confirmation));
         }
         reply::error(session, status, code, description, &headers, more).await
     }
@@ -230,42 +272,33 @@ impl Gateway {
     async fn confirm_and_forward(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &RequestCtx,
         route: Arc<Route>,
     ) -> pingora::Result<()> {
         let req = session.req_header().clone();
-        let base = self.audit_base(&req, ctx);
+        let mut record = self.audit_base(&req, ctx);
 
         // 1. Session.
         let user = match self.confirmer.session(&req.headers, ctx.peer.trusted) {
             Ok(user) => user,
-            Err(reason) => return self.refuse(session, ctx, base, reason, None).await,
+            Err(reason) => return self.refuse(session, ctx, record, reason, None).await,
         };
-        let mut base = base;
-        base.subject = user.subject.clone();
-        base.session = Some(user.id_hash());
+        record.subject = user.subject.clone();
+        record.session = Some(user.id_hash());
 
         // 2. Body, bounded.
-        let body = match read_body(session, &req, self.config.confirmation.max_body).await? {
-            Some(body) => body,
-            None => {
-                return self
-                    .refuse(session, ctx, base, Reason::BodyTooLarge, None)
-                    .await
-            }
+        let Some(body) = read_body(session, &req, self.config.confirmation.max_body).await? else {
+            return self
+                .refuse(session, ctx, record, Reason::BodyTooLarge, None)
+                .await;
         };
         let body_sha256: [u8; 32] = Sha256::digest(&body).into();
         let body_hex = hex(&body_sha256);
-        base.body_sha256 = Some(body_hex.clone());
+        record.body_sha256 = Some(body_hex.clone());
 
         // 3. Confirmation.
-        let (scheme, host) = forwarding::client_origin(&req.headers, &req.uri, ctx.peer);
-        let external = forwarding::external_uri(
-            self.config.public_origin.as_ref(),
-            scheme,
-            host,
-            req.uri.path(),
-        );
+        let external =
+            Self::view(ctx).external_uri(self.config.public_origin.as_ref(), req.uri.path());
         let htu = htu::normalize(&external);
         let target = target_of(&req);
         let exchange = Exchange {
@@ -275,7 +308,7 @@ impl Gateway {
             headers: &req.headers,
             body_sha256: &body_sha256,
         };
-        let confirmation_body = |c: &Challenge| {
+        let describe = |c: &Challenge| {
             json!({
                 "route": route.name,
                 "method": req.method.as_str(),
@@ -284,24 +317,23 @@ impl Gateway {
                 "body_sha256": body_hex,
                 "expires_at": humantime::format_rfc3339_seconds(c.expires_at).to_string(),
             })
-            .to_string()
         };
         let confirmation = match self.confirmer.decide(&user, &exchange).await {
             Outcome::Accepted(c) => c,
             Outcome::Challenged(challenge) => {
-                let mut record = base;
                 record.event = Some(Event::Challenged);
                 self.write_audit(&record);
                 self.metrics.decision(&route.name, Decision::Challenged);
-                let reason = Reason::NonceMissing;
+                let description = "confirmation required: sign this action with the DPoP-Nonce";
+                let described = describe(&challenge);
                 return self
-                    .challenge_response(
+                    .respond(
                         session,
                         ctx,
                         401,
-                        reason.error_code(),
-                        "confirmation required: sign this action with the DPoP-Nonce",
-                        Some((&challenge, confirmation_body(&challenge))),
+                        "use_dpop_nonce",
+                        description,
+                        Some((challenge, described)),
                     )
                     .await;
             }
@@ -310,76 +342,76 @@ impl Gateway {
                 device,
                 challenge,
             } => {
-                let mut record = base;
                 record.device = device;
                 let challenge = challenge.map(|c| {
-                    let body = confirmation_body(&c);
-                    (c, body)
+                    let described = describe(&c);
+                    (c, described)
                 });
-                return self
-                    .refuse(
-                        session,
-                        ctx,
-                        record,
-                        reason,
-                        challenge.as_ref().map(|(c, b)| (c, b.clone())),
-                    )
-                    .await;
+                return self.refuse(session, ctx, record, reason, challenge).await;
             }
         };
 
         // 4. Audit before forwarding; fail closed.
-        let mut record = base;
         record.event = Some(Event::Accepted);
         record.confirmation_id = Some(confirmation.id.to_string());
+        record.parent_id = confirmation.chain.as_ref().map(|c| c.root.clone());
+        record.via = confirmation.chain.as_ref().map(|c| c.parent.clone());
         record.device = Some(confirmation.jkt.clone());
         if !self.write_audit(&record) {
             return self
                 .refuse(session, ctx, record, Reason::AuditUnavailable, None)
                 .await;
         }
+        tracing::info!(route = %route.name, confirmation_id = %confirmation.id, "accepted");
         self.metrics.decision(&route.name, Decision::Accepted);
 
-        // 5. Forward.
-        let upstream_req =
-            self.confirmed_request(&req, ctx, &route, &user, &confirmation, &target, &body_hex)?;
-        let target_upstream = self.target(&route)?;
-        let public = self.public_origin(&req, ctx.peer);
-        let cid = confirmation.id.to_string();
+        // 5. Forward, then relay the response with its rewrites.
+        let confirmed = Confirmed {
+            req: &req,
+            route: &route,
+            user: &user,
+            confirmation: &confirmation,
+            target: &target,
+            body_hex: &body_hex,
+            body_sha256: &body_sha256,
+        };
+        let upstream_req = self.confirmed_request(&confirmed, ctx)?;
+        let upstream = self.target(&route)?;
         let started = Instant::now();
-        let result = self
+        let sent = self
             .forwarder
-            .relay(session, &target_upstream.peer, upstream_req, body, |head| {
-                self.rewrite_location(head, target_upstream, &public);
-                let _ = head.insert_header("countersign-confirmation-id", cid.as_str());
-                let _ = head.insert_header("countersign-request-id", ctx.request_id.as_str());
-            })
+            .send(&upstream.peer, upstream_req, body)
             .await;
-        let elapsed = started.elapsed();
-        self.metrics
-            .upstream
-            .with_label_values(&[&route.name])
-            .observe(elapsed.as_secs_f64());
-        let (status, outcome) = match result {
-            Ok(status) => (Some(status), Ok(())),
+        let (status, outcome) = match sent {
+            Ok(mut pending) => {
+                let status = pending.head.status.as_u16();
+                self.finish_head(&mut pending, &confirmed, ctx).await;
+                let relayed = self.forwarder.relay(session, &upstream.peer, pending).await;
+                (
+                    Some(status),
+                    relayed.map_err(|e| match e {
+                        ForwardError::Relay(e) | ForwardError::Upstream(_, e) => e,
+                    }),
+                )
+            }
             Err(ForwardError::Upstream(status, e)) => {
                 tracing::warn!(error = %e, route = %route.name, "upstream failed");
                 let (code, text) = upstream_error(status);
+                let headers = [
+                    ("countersign-confirmation-id", confirmation.id.to_string()),
+                    ("countersign-request-id", ctx.request_id.clone()),
+                ];
                 (
                     None,
-                    reply::error(
-                        session,
-                        status,
-                        code,
-                        text,
-                        &[("countersign-confirmation-id", cid.clone())],
-                        None,
-                    )
-                    .await,
+                    reply::error(session, status, code, text, &headers, None).await,
                 )
             }
             Err(ForwardError::Relay(e)) => (None, Err(e)),
         };
+        self.metrics
+            .upstream
+            .with_label_values(&[&route.name])
+            .observe(started.elapsed().as_secs_f64());
         record.event = Some(Event::Completed);
         record.upstream_status = status;
         record.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
@@ -387,50 +419,120 @@ impl Gateway {
         outcome
     }
 
+    /// Rewrites the response head of a confirmed request: URLs, the confirmation id, a session
+    /// rotation carry-over and, for a redirect to another high-impact action, a continuation nonce.
+    async fn finish_head(&self, pending: &mut Pending, c: &Confirmed<'_>, ctx: &RequestCtx) {
+        let head = &mut pending.head;
+        self.rewrite_urls(head, c.route, c.req, ctx);
+        let _ = head.insert_header("countersign-confirmation-id", c.confirmation.id.to_string());
+        let _ = head.insert_header("countersign-request-id", ctx.request_id.as_str());
+
+        // A rotated session cookie keeps the binding: this response answers a confirmed request
+        // of the bound device (session-fixation safe: nothing else carries a binding over).
+        let mut session_id = c.user.id.clone();
+        if let Some(rotated) = self.confirmer.sessions().rotated(&head.headers, c.user) {
+            match self
+                .confirmer
+                .carry_binding(&rotated, &c.confirmation.jkt)
+                .await
+            {
+                Ok(()) => session_id = rotated,
+                Err(reason) => tracing::warn!(
+                    reason = reason.as_str(),
+                    "session rotation not carried over"
+                ),
+            }
+        }
+
+        let status = head.status.as_u16();
+        if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+            return;
+        }
+        let Some(location) = head.headers.get("location").and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        let base = Self::view(ctx).base(self.config.public_origin.as_ref());
+        let Some(next) = forwarding::gateway_target(location, &base, c.req.uri.path()) else {
+            return;
+        };
+        // RFC 9110 §15.4: 301/302/303 are followed with GET and no body; 307/308 repeat the request.
+        let (method, body_sha256) = if status >= 307 {
+            (c.req.method.as_str(), c.body_sha256)
+        } else {
+            ("GET", &EMPTY_SHA256)
+        };
+        let Ok(next_method) = method.parse::<http::Method>() else {
+            return;
+        };
+        let path = next.split('?').next().unwrap_or("/");
+        let leads_to_high = self
+            .config
+            .routes
+            .lookup(&next_method, path)
+            .is_some_and(|r| r.risk == Risk::High);
+        if !leads_to_high {
+            return;
+        }
+        let follow_up = Action {
+            session_id: &session_id,
+            method,
+            target: &next,
+            body_sha256,
+        };
+        match self
+            .confirmer
+            .continuation(c.confirmation, &follow_up)
+            .await
+        {
+            Ok(challenge) => {
+                let _ = head.insert_header("dpop-nonce", challenge.nonce);
+                let _ = head.insert_header(
+                    "access-control-expose-headers",
+                    "DPoP-Nonce, Countersign-Confirmation-Id",
+                );
+            }
+            Err(reason) => tracing::warn!(reason = reason.as_str(), "no continuation nonce issued"),
+        }
+    }
+
     /// The request head a confirmed request is forwarded with.
-    #[allow(clippy::too_many_arguments)]
     fn confirmed_request(
         &self,
-        req: &RequestHeader,
+        c: &Confirmed<'_>,
         ctx: &RequestCtx,
-        route: &Route,
-        user: &UserSession,
-        confirmation: &Confirmation,
-        target: &str,
-        body_hex: &str,
     ) -> pingora::Result<RequestHeader> {
-        let mut up = req.clone();
-        let (scheme, host) = forwarding::client_origin(&req.headers, &req.uri, ctx.peer);
-        let host = host.map(str::to_owned);
+        let mut up = c.req.clone();
         forwarding::strip_request(&mut up, Framing::Buffered);
-        forwarding::set_forwarded(&mut up, ctx.peer, scheme, host.as_deref());
+        forwarding::set_forwarded(&mut up, ctx.peer, &Self::view(ctx));
         self.rewrite_authorization(&mut up)?;
-        let cid = confirmation.id.to_string();
-        let sid_hash = user.id_hash();
+        let cid = c.confirmation.id.to_string();
+        let sid_hash = c.user.id_hash();
         let iss = self
             .config
             .public_origin
             .as_ref()
             .map_or_else(|| "countersign".to_string(), |o| o.origin());
+        let chain = c.confirmation.chain.as_ref();
         let token = self.signer.token(provenance::Claims {
             iss: &iss,
             iat: 0,
             exp: 0,
             cid: &cid,
-            parent: None,
-            sub: user.subject.as_deref(),
+            parent: chain.map(|ch| ch.root.as_str()),
+            via: chain.map(|ch| ch.parent.as_str()),
+            sub: c.user.subject.as_deref(),
             sid_hash: &sid_hash,
-            jkt: &confirmation.jkt,
-            htm: req.method.as_str(),
-            target,
-            body_sha256: body_hex,
-            route: &route.name,
+            jkt: &c.confirmation.jkt,
+            htm: c.req.method.as_str(),
+            target: c.target,
+            body_sha256: c.body_hex,
+            route: &c.route.name,
         });
         up.insert_header("countersign-confirmation-id", cid)?;
-        if let Some(sub) = &user.subject {
+        if let Some(sub) = &c.user.subject {
             up.insert_header("countersign-subject", sub.as_str())?;
         }
-        up.insert_header("countersign-device", confirmation.jkt.as_str())?;
+        up.insert_header("countersign-device", c.confirmation.jkt.as_str())?;
         up.insert_header("countersign-provenance", token)?;
         Ok(up)
     }
@@ -529,8 +631,10 @@ impl ProxyHttp for Gateway {
                 ip: None,
                 trusted: false,
             },
+            view: None,
             request_id: Uuid::now_v7().simple().to_string(),
             started: Instant::now(),
+            span: tracing::Span::none(),
         }
     }
 
@@ -545,12 +649,19 @@ impl ProxyHttp for Gateway {
             .map(|a| a.ip());
         ctx.peer = Peer::new(ip, &self.config.trusted_proxies);
         let req = session.req_header();
-        let Some(route) = self
+        ctx.view = Some(ClientView::of(&req.headers, &req.uri, ctx.peer));
+        let route = self
             .config
             .routes
             .lookup(&req.method, req.uri.path())
-            .cloned()
-        else {
+            .cloned();
+        ctx.span = tracing::info_span!(
+            "request",
+            request_id = %ctx.request_id,
+            method = %req.method,
+            route = route.as_ref().map_or("", |r| r.name.as_str()),
+        );
+        let Some(route) = route else {
             let headers = [("countersign-request-id", ctx.request_id.clone())];
             reply::error(
                 session,
@@ -570,7 +681,10 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             Risk::High => {
-                self.confirm_and_forward(session, ctx, route).await?;
+                let span = ctx.span.clone();
+                self.confirm_and_forward(session, ctx, route)
+                    .instrument(span)
+                    .await?;
                 Ok(true)
             }
         }
@@ -590,18 +704,12 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let (scheme, host) = forwarding::client_origin(
-            &session.req_header().headers,
-            &session.req_header().uri,
-            ctx.peer,
-        );
-        let host = host.map(str::to_owned);
         forwarding::strip_request(upstream, Framing::Streamed);
-        forwarding::set_forwarded(upstream, ctx.peer, scheme, host.as_deref());
+        forwarding::set_forwarded(upstream, ctx.peer, &Self::view(ctx));
         self.rewrite_authorization(upstream)
     }
 
@@ -611,9 +719,8 @@ impl ProxyHttp for Gateway {
         head: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if let Some(route) = &ctx.route {
-            let public = self.public_origin(session.req_header(), ctx.peer);
-            self.rewrite_location(head, self.target(route)?, &public);
+        if let Some(route) = ctx.route.clone() {
+            self.rewrite_urls(head, &route, session.req_header(), ctx);
         }
         head.insert_header("countersign-request-id", ctx.request_id.as_str())?;
         Ok(())
@@ -650,7 +757,7 @@ impl ProxyHttp for Gateway {
             };
             let headers = [("countersign-request-id", ctx.request_id.clone())];
             if let Err(err) = reply::error(session, status, code, text, &headers, None).await {
-                tracing::debug!(error = %err, "could not send error response");
+                tracing::debug!(parent: &ctx.span, error = %err, "could not send error response");
             }
         }
         FailToProxy {
@@ -659,14 +766,23 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let Some(route) = &ctx.route {
-            if route.risk == Risk::Low {
-                self.metrics
-                    .upstream
-                    .with_label_values(&[&route.name])
-                    .observe(ctx.started.elapsed().as_secs_f64());
-            }
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(route) = ctx.route.as_ref().filter(|r| r.risk == Risk::Low) else {
+            return;
+        };
+        self.metrics
+            .upstream
+            .with_label_values(&[&route.name])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if self.config.audit.passthrough {
+            let mut record = self.audit_base(session.req_header(), ctx);
+            record.event = Some(Event::Passthrough);
+            record.upstream_status = session.response_written().map(|h| h.status.as_u16());
+            record.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
+            self.write_audit(&record);
+        }
+        if let Some(e) = e {
+            tracing::debug!(parent: &ctx.span, error = %e, "passthrough ended with an error");
         }
     }
 }

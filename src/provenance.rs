@@ -31,8 +31,11 @@ pub struct Claims<'a> {
     pub exp: u64,
     /// Confirmation id.
     pub cid: &'a str,
-    /// Parent confirmation id (redirect continuations), else null.
+    /// The first confirmation of a redirect chain this one continues, else null.
     pub parent: Option<&'a str>,
+    /// The immediate parent in a redirect chain, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'a str>,
     /// Session subject, else null.
     pub sub: Option<&'a str>,
     /// First 16 hex of SHA-256 of the session id.
@@ -197,6 +200,7 @@ mod tests {
             exp: 0,
             cid: "c",
             parent: None,
+            via: None,
             sub: Some("alice"),
             sid_hash: "0123456789abcdef",
             jkt: "k",

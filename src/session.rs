@@ -199,6 +199,30 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// The new session id when a response to a request of `current` sets a different session
+    /// cookie (the app rotating its session id); `None` otherwise, or for other session kinds.
+    pub fn rotated(&self, response: &HeaderMap, current: &Session) -> Option<String> {
+        let SessionKind::Cookie { name } = &self.config.kind else {
+            return None;
+        };
+        response
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| {
+                let mut parts = v.split(';');
+                let (k, value) = parts.next()?.trim().split_once('=')?;
+                let value = value.trim().trim_matches('"');
+                // A cookie being deleted is no new session.
+                let deleting = parts.any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
+                (k.trim() == name && !value.is_empty() && !deleting).then(|| opaque(value, None).id)
+            })
+            .last()
+            .filter(|id| *id != current.id)
+    }
+}
+
 fn opaque(value: &str, subject: Option<String>) -> Session {
     Session {
         id: hex(&Sha256::digest(value.as_bytes())),
