@@ -985,7 +985,7 @@ fn defaults_are_applied() {
     assert!(!config.audit.passthrough);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(config.server.threads, cpus);
-    assert_eq!(config.server.grace_period, Duration::ZERO);
+    assert_eq!(config.server.grace_period, Duration::from_secs(5));
     assert_eq!(config.server.shutdown_timeout, Duration::from_secs(10));
     assert_eq!(config.log, LogConfig::Pretty);
 }

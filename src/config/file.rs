@@ -830,7 +830,7 @@ impl FileConfig {
             Some(server) => server.validate()?,
             None => ServerConfig {
                 threads: default_threads(),
-                grace_period: Duration::ZERO,
+                grace_period: DEFAULT_GRACE_PERIOD,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             },
         };
@@ -873,6 +873,8 @@ const DEFAULT_MAX_BODY: usize = 1 << 20;
 const DEFAULT_ALGS: [ProofAlg; 2] = [ProofAlg::Es256, ProofAlg::EdDsa];
 const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long SIGTERM lets in-flight requests finish before the runtimes stop.
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn default_threads() -> usize {
@@ -1147,7 +1149,9 @@ impl FileServer {
         }
         Ok(ServerConfig {
             threads,
-            grace_period: self.grace_period.map_or(Duration::ZERO, |Parsed(d)| d),
+            grace_period: self
+                .grace_period
+                .map_or(DEFAULT_GRACE_PERIOD, |Parsed(d)| d),
             shutdown_timeout: self
                 .shutdown_timeout
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |Parsed(d)| d),

@@ -225,9 +225,9 @@ pub struct AuditConfig {
 pub struct ServerConfig {
     /// Worker threads (default: number of CPUs).
     pub threads: usize,
-    /// How long SIGTERM waits before stopping to accept (default 0 s).
+    /// After SIGTERM: listeners close and in-flight requests have this long to finish (default 5 s).
     pub grace_period: Duration,
-    /// How long in-flight requests may take to finish after SIGTERM (default 10 s).
+    /// Then: how long the runtimes get to wind down their remaining tasks (default 10 s).
     pub shutdown_timeout: Duration,
 }
 

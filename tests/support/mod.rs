@@ -39,7 +39,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Starts one on the current runtime. Paths: `/redirect/...` → 303 to its own origin,
-    /// `/slow` → answers after 3 s, `/download/N` → N bytes streamed, else 200 JSON.
+    /// `/slow[/MS]` → answers after MS (default 3000) ms, `/download/N` → N bytes streamed, else 200 JSON.
     pub async fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -99,8 +99,9 @@ async fn handle(
             .header("location", format!("http://{addr}/done{rest}"))
             .header("content-location", format!("http://{addr}/here"))
             .body(full("see other"))
-    } else if path == "/slow" {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+    } else if let Some(ms) = path.strip_prefix("/slow") {
+        let ms = ms.trim_start_matches('/').parse().unwrap_or(3000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
         Response::builder().body(full("late"))
     } else if let Some(n) = path.strip_prefix("/download/") {
         let total: usize = n.parse().unwrap_or(0);
