@@ -3,6 +3,5 @@
 //! and one use (DPoP, RFC 9449, with a gateway nonce).
 
 pub mod alg;
-pub mod config;
+pub mod htu;
 pub mod reason;
-pub mod routes;
