@@ -4,4 +4,5 @@
 
 pub mod alg;
 pub mod htu;
+pub mod jwk;
 pub mod reason;
