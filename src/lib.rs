@@ -5,4 +5,5 @@
 pub mod alg;
 pub mod htu;
 pub mod jwk;
+pub mod keys;
 pub mod reason;
