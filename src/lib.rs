@@ -6,4 +6,5 @@ pub mod alg;
 pub mod htu;
 pub mod jwk;
 pub mod keys;
+pub mod proof;
 pub mod reason;
