@@ -187,7 +187,6 @@ fn write_private(path: &PathBuf, bytes: &[u8]) -> Result<(), String> {
 }
 
 fn init_logs(format: LogConfig) {
-    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
