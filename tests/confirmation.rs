@@ -135,7 +135,7 @@ impl World {
             "JSON error_description: {body}"
         );
         assert_eq!(r.header("cache-control"), Some("no-store"));
-        let audit = self.gw.last_audit();
+        let audit = self.gw.audit_of(r);
         assert_eq!(audit["event"], "rejected", "audit: {audit}");
         assert_eq!(audit["reason"], reason, "audit: {audit}");
         assert_eq!(
@@ -348,7 +348,7 @@ async fn no_proof_is_a_use_dpop_nonce_challenge_describing_the_action() {
         "default nonce_ttl is 60 s: {left:?}"
     );
 
-    let audit = w.gw.last_audit();
+    let audit = w.gw.audit_of(&r);
     assert_eq!(audit["event"], "challenged", "{audit}");
     assert_eq!(audit["route"], "delete-user");
     assert_eq!(audit["target"], "/api/users/42");
@@ -993,7 +993,7 @@ async fn ath_of_another_credential_is_session_mismatch() {
     let r = w.delete(SID, &[("dpop", &proof)]).await;
     w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "session_mismatch");
     assert_eq!(
-        w.gw.last_audit()["device"],
+        w.gw.audit_of(&r)["device"],
         key.jkt(),
         "the audit names the device that tried"
     );
@@ -1291,7 +1291,7 @@ async fn malformed_segments_are_refused() {
     ];
     for (what, proof, reason) in cases {
         let r = w.delete(SID, &[("dpop", &proof)]).await;
-        assert_eq!(w.gw.last_audit()["reason"], reason, "{what}");
+        assert_eq!(w.gw.audit_of(&r)["reason"], reason, "{what}");
         w.assert_rejected(&r, before, 401, "invalid_dpop_proof", reason);
         assert!(
             !String::from_utf8_lossy(&r.body).contains(h),
@@ -1315,7 +1315,7 @@ async fn another_device_after_first_use_binding_is_device_mismatch() {
     let proof = b.proof("DELETE", &w.url, Some(&nonce), Some(SID));
     let r = w.delete(SID, &[("dpop", &proof)]).await;
     w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "device_mismatch");
-    assert_eq!(w.gw.last_audit()["device"], b.jkt());
+    assert_eq!(w.gw.audit_of(&r)["device"], b.jkt());
     // B keeps being refused with invalid_dpop_proof (no use_dpop_nonce loop) ...
     let fresh = r.header("dpop-nonce").expect("fresh DPoP-Nonce").to_owned();
     let proof = b.proof("DELETE", &w.url, Some(&fresh), Some(SID));
@@ -1685,7 +1685,7 @@ async fn random_dpop_headers_never_succeed_never_fail_open_and_never_reach_the_u
             matches!(error.as_str(), "invalid_dpop_proof" | "use_dpop_nonce"),
             "seed {seed}: {value:?} → {error}"
         );
-        let audit = w.gw.last_audit();
+        let audit = w.gw.audit_of(&r);
         assert_eq!(audit["event"], "rejected", "seed {seed}: {value:?}");
         let reason = audit["reason"].as_str().unwrap_or_default();
         assert!(

@@ -204,9 +204,23 @@ impl Gateway {
             .collect()
     }
 
-    /// The last audit record.
+    /// The last audit record written (prefer `audit_of`, which cannot race).
     pub fn last_audit(&self) -> Value {
         self.audit().pop().expect("an audit record was written")
+    }
+
+    /// The last audit record of the request a reply answered (by `Countersign-Request-Id`):
+    /// records of different requests may interleave, e.g. a `completed` written after the
+    /// response was sent.
+    pub fn audit_of(&self, reply: &Reply) -> Value {
+        let id = reply
+            .header("countersign-request-id")
+            .expect("the gateway names the request in Countersign-Request-Id");
+        self.audit()
+            .into_iter()
+            .filter(|r| r["request_id"] == id)
+            .last()
+            .expect("an audit record was written for this request")
     }
 
     /// The gateway's `/metrics` text.
