@@ -187,13 +187,26 @@ fn write_private(path: &PathBuf, bytes: &[u8]) -> Result<(), String> {
 }
 
 fn init_logs(format: LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+    use tracing_subscriber::prelude::*;
+
+    let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Pingora logs whole request heads (cookies, Authorization, DPoP) at debug and trace: never
+    // let those levels of its crates through, whatever RUST_LOG asks for.
+    let no_header_dumps = filter_fn(|meta| {
+        !(meta.target().starts_with("pingora") && *meta.level() > tracing::Level::INFO)
+    });
+    let filter = wanted.and(no_header_dumps);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
-        LogConfig::Json => builder.json().init(),
-        LogConfig::Pretty => builder.init(),
+        LogConfig::Json => tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter))
+            .init(),
+        LogConfig::Pretty => tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .init(),
     }
 }

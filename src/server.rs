@@ -80,6 +80,8 @@ pub fn assemble(config: Config) -> Result<Assembled, BuildError> {
             ))
         }
     };
+    // Export the store's error counter at 0 from the start, so dashboards and alerts see it.
+    metrics.store_errors.with_label_values(&[store.backend()]);
     let sessions = Sessions::new(&config.session, config.confirmation.clock_skew)
         .map_err(|e| setting(e.to_string()))?;
     let signer = Arc::new(
