@@ -218,8 +218,7 @@ impl Gateway {
             .expect("the gateway names the request in Countersign-Request-Id");
         self.audit()
             .into_iter()
-            .filter(|r| r["request_id"] == id)
-            .last()
+            .rfind(|r| r["request_id"] == id)
             .expect("an audit record was written for this request")
     }
 
