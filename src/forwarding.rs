@@ -110,14 +110,14 @@ impl ClientView {
     /// Reads the view from a request.
     pub fn of(headers: &HeaderMap, uri: &http::Uri, peer: Peer) -> ClientView {
         let forwarded = if peer.trusted {
-            first_forwarded(headers)
+            last_forwarded(headers)
         } else {
             Default::default()
         };
         let trusted = |name| {
             if peer.trusted {
                 header_str(headers, name)
-                    .map(|v| v.split(',').next().unwrap_or(v).trim().to_string())
+                    .map(|v| v.rsplit(',').next().unwrap_or(v).trim().to_string())
             } else {
                 None
             }
@@ -167,14 +167,16 @@ struct ForwardedElement {
     host: Option<String>,
 }
 
-/// The first element of RFC 7239 `Forwarded` (the one the outermost proxy wrote).
-fn first_forwarded(headers: &HeaderMap) -> ForwardedElement {
+/// The last element of RFC 7239 `Forwarded`: the one our trusted peer appended. Elements to its
+/// left may come from the client and are not believed (the same holds for the rightmost value
+/// of `X-Forwarded-Proto/Host/Prefix`).
+fn last_forwarded(headers: &HeaderMap) -> ForwardedElement {
     let mut out = ForwardedElement::default();
     let Some(value) = header_str(headers, "forwarded") else {
         return out;
     };
-    let first = value.split(',').next().unwrap_or("");
-    for pair in first.split(';') {
+    let last = value.rsplit(',').next().unwrap_or("");
+    for pair in last.split(';') {
         let Some((k, v)) = pair.trim().split_once('=') else {
             continue;
         };
@@ -231,23 +233,50 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Rewrites an absolute URL on one of the upstream's own origins to the public base; relative
-/// and foreign URLs are left alone (`None`).
+/// Splits an absolute or scheme-relative URL into its normalised origin
+/// (`scheme://host[:port]`, lower case, default port dropped) and the rest (path, query,
+/// fragment, as written). `default_scheme` completes a scheme-relative `//host/...`.
+fn split_origin<'a>(url: &'a str, default_scheme: &str) -> Option<(String, &'a str)> {
+    let (scheme, after) = match url.split_once("://") {
+        Some((scheme, after))
+            if scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            (scheme.to_ascii_lowercase(), after)
+        }
+        _ => (default_scheme.to_ascii_lowercase(), url.strip_prefix("//")?),
+    };
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    let authority = authority.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => "",
+    };
+    let authority = match authority.strip_suffix(default_port) {
+        Some(host) if !default_port.is_empty() => host.to_string(),
+        _ => authority,
+    };
+    Some((format!("{scheme}://{authority}"), rest))
+}
+
+/// Rewrites an absolute (or scheme-relative) URL on one of the upstream's own origins to the
+/// public base; relative and foreign URLs are left alone (`None`). Origins compare normalised,
+/// so `HTTP://Host:80/x` and `//host/x` are the upstream's too.
 pub fn rewrite_location(
     location: &str,
     upstream_origins: &[String],
     public_base: &str,
 ) -> Option<String> {
-    let lower = location.to_ascii_lowercase();
-    upstream_origins.iter().find_map(|origin| {
-        let rest = lower.strip_prefix(origin.as_str())?;
-        // The origin must end here: "http://a:1" must not match "http://a:10".
-        if rest.is_empty() || rest.starts_with(['/', '?', '#']) {
-            Some(format!("{public_base}{}", &location[origin.len()..]))
-        } else {
-            None
-        }
-    })
+    let scheme = public_base.split("://").next().unwrap_or("http");
+    let (origin, rest) = split_origin(location, scheme)?;
+    upstream_origins
+        .iter()
+        .filter_map(|o| split_origin(o, scheme).map(|(o, _)| o))
+        .any(|o| o == origin)
+        .then(|| format!("{public_base}{rest}"))
 }
 
 /// Rewrites the URL of a `Refresh: 5; url=...` header like a `Location`.
@@ -268,27 +297,61 @@ pub fn rewrite_refresh(
 }
 
 /// The origin-form target (path and query) a `Location` leads to on this gateway, if it leads
-/// here at all: absolute on `public_base`, absolute-path, or relative to `request_path`.
+/// here at all, resolved as a client following it would (RFC 3986 §5.2): absolute on the public
+/// base (origins compared normalised), absolute-path, or relative to `request_path`, with dot
+/// segments removed.
 pub fn gateway_target(location: &str, public_base: &str, request_path: &str) -> Option<String> {
     let location = location.split('#').next().unwrap_or("");
-    let lower = location.to_ascii_lowercase();
-    let target = if let Some(rest) = lower.strip_prefix(&public_base.to_ascii_lowercase()) {
-        let rest = &location[location.len() - rest.len()..];
+    let scheme = public_base.split("://").next().unwrap_or("http");
+    let (base_origin, prefix) = split_origin(public_base, scheme)?;
+    let reference = if location.starts_with("//") || location.contains("://") {
+        let (origin, rest) = split_origin(location, scheme)?;
+        if origin != base_origin {
+            return None;
+        }
+        let rest = rest.strip_prefix(prefix.trim_end_matches('/'))?;
         match rest.chars().next() {
             None => "/".to_string(),
             Some('/') => rest.to_string(),
             Some('?') => format!("/{rest}"),
             _ => return None,
         }
-    } else if location.starts_with("//") || lower.contains("://") {
-        return None;
     } else if location.starts_with('/') {
         location.to_string()
     } else {
         let dir = request_path.rsplit_once('/').map_or("", |(d, _)| d);
         format!("{dir}/{location}")
     };
-    Some(target)
+    let (path, query) = match reference.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (reference.as_str(), None),
+    };
+    let path = remove_dot_segments(path);
+    Some(match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    })
+}
+
+/// RFC 3986 §5.2.4 on an absolute path; encoding is left as written.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." {
+                    out.pop();
+                }
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 #[cfg(test)]
@@ -308,6 +371,22 @@ mod tests {
         );
         assert_eq!(rewrite_location("/users", &origins, "https://a"), None);
         assert_eq!(
+            rewrite_location("HTTP://127.0.0.1:9000/x", &origins, "https://a"),
+            Some("https://a/x".to_string())
+        );
+        assert_eq!(
+            rewrite_location(
+                "//127.0.0.1:9000/x",
+                &["https://up:443".to_string()],
+                "https://a"
+            ),
+            None
+        );
+        assert_eq!(
+            rewrite_location("//up/x", &["https://up:443".to_string()], "https://a"),
+            Some("https://a/x".to_string())
+        );
+        assert_eq!(
             rewrite_location("http://127.0.0.1:90001/x", &origins, "https://a"),
             None
         );
@@ -315,6 +394,29 @@ mod tests {
             rewrite_location("https://elsewhere/x", &origins, "https://a"),
             None
         );
+    }
+
+    #[test]
+    fn redirect_targets_resolve_like_a_client_following_them() {
+        let base = "https://admin.example/admin";
+        let t = |loc| gateway_target(loc, base, "/api/redirect/to");
+        assert_eq!(
+            t("../deploys/17/confirm?x=1").as_deref(),
+            Some("/api/deploys/17/confirm?x=1")
+        );
+        assert_eq!(
+            t("/api/deploys/99/../17/confirm").as_deref(),
+            Some("/api/deploys/17/confirm")
+        );
+        assert_eq!(
+            t("https://ADMIN.example:443/admin/api/x?y").as_deref(),
+            Some("/api/x?y")
+        );
+        assert_eq!(t("//admin.example/admin/api/x").as_deref(), Some("/api/x"));
+        assert_eq!(t("https://admin.example/other/api/x"), None);
+        assert_eq!(t("https://elsewhere.example/admin/api/x"), None);
+        assert_eq!(t("confirm").as_deref(), Some("/api/redirect/confirm"));
+        assert_eq!(t("./").as_deref(), Some("/api/redirect/"));
     }
 
     #[test]

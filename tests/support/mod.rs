@@ -204,11 +204,6 @@ impl Gateway {
             .collect()
     }
 
-    /// The last audit record written (prefer `audit_of`, which cannot race).
-    pub fn last_audit(&self) -> Value {
-        self.audit().pop().expect("an audit record was written")
-    }
-
     /// The last audit record of the request a reply answered (by `Countersign-Request-Id`):
     /// records of different requests may interleave, e.g. a `completed` written after the
     /// response was sent.
