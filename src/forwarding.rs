@@ -62,33 +62,40 @@ pub enum Framing {
 
 /// Removes hop-by-hop headers, `DPoP` and every client-sent `Countersign-*` header.
 pub fn strip_request(req: &mut RequestHeader, framing: Framing) {
-    let mut doomed: Vec<String> = Vec::new();
+    // Only what is present is touched, and nothing is allocated unless the client sent a
+    // `Connection` list or headers it may not send: this runs on every passthrough request.
+    let mut listed: Vec<String> = Vec::new();
     for value in req.headers.get_all(http::header::CONNECTION) {
         if let Ok(v) = value.to_str() {
-            doomed.extend(
+            listed.extend(
                 v.split(',')
                     .map(|t| t.trim().to_ascii_lowercase())
                     .filter(|t| !t.is_empty() && t != "upgrade"),
             );
         }
     }
-    for name in req.headers.keys() {
-        let n = name.as_str();
-        if n == "dpop" || n.starts_with("countersign-") {
-            doomed.push(n.to_string());
-        }
+    let forged = |n: &str| n == "dpop" || n.starts_with("countersign-");
+    if req.headers.keys().any(|n| forged(n.as_str())) {
+        listed.extend(
+            req.headers
+                .keys()
+                .map(|n| n.as_str())
+                .filter(|n| forged(n))
+                .map(str::to_owned),
+        );
     }
+    let buffered = framing == Framing::Buffered;
     for name in HOP_BY_HOP {
         let owned_by_pingora = matches!(name, "transfer-encoding" | "upgrade" | "connection");
-        if framing == Framing::Buffered || !owned_by_pingora {
-            doomed.push(name.to_string());
+        if (buffered || !owned_by_pingora) && req.headers.contains_key(name) {
+            req.remove_header(name);
         }
     }
-    if framing == Framing::Buffered {
-        doomed.push("content-length".to_string());
-        doomed.push("expect".to_string());
+    if buffered {
+        req.remove_header("content-length");
+        req.remove_header("expect");
     }
-    for name in doomed {
+    for name in listed {
         req.remove_header(&name);
     }
 }

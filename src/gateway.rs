@@ -22,7 +22,7 @@ use crate::confirm::{Challenge, Confirmation, Confirmer, Exchange, Outcome};
 use crate::forward::{ForwardError, Forwarder, Pending};
 use crate::forwarding::{self, ClientView, Framing, Peer};
 use crate::htu;
-use crate::metrics::{Decision, Metrics};
+use crate::metrics::{Decision, Metrics, RouteMetrics};
 use crate::nonce::Action;
 use crate::provenance::{self, Signer};
 use crate::reason::Reason;
@@ -55,6 +55,7 @@ pub struct Gateway {
     signer: Arc<Signer>,
     forwarder: Forwarder,
     algs: String,
+    route_metrics: HashMap<String, RouteMetrics>,
 }
 
 /// Per-request state.
@@ -106,7 +107,19 @@ impl Gateway {
             .map(|a| a.as_str())
             .collect::<Vec<_>>()
             .join(" ");
+        let route_metrics = config
+            .routes
+            .routes()
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    metrics.for_route(&r.name, r.risk == Risk::High),
+                )
+            })
+            .collect();
         Gateway {
+            route_metrics,
             config,
             targets,
             confirmer,
@@ -115,6 +128,19 @@ impl Gateway {
             signer,
             forwarder: Forwarder::default(),
             algs,
+        }
+    }
+
+    /// The route's metric handles (every configured route has them).
+    fn count(&self, route: &str, decision: Decision) {
+        if let Some(m) = self.route_metrics.get(route) {
+            m.decision(decision);
+        }
+    }
+
+    fn observe_upstream(&self, route: &str, started: Instant) {
+        if let Some(m) = self.route_metrics.get(route) {
+            m.upstream.observe(started.elapsed().as_secs_f64());
         }
     }
 
@@ -141,6 +167,10 @@ impl Gateway {
         req: &RequestHeader,
         ctx: &RequestCtx,
     ) {
+        const URL_HEADERS: [&str; 3] = ["location", "content-location", "refresh"];
+        if !URL_HEADERS.iter().any(|h| head.headers.contains_key(*h)) {
+            return;
+        }
         let Ok(target) = self.target(route) else {
             return;
         };
@@ -155,7 +185,7 @@ impl Gateway {
             origins.push(format!("{scheme}://{}", host.to_ascii_lowercase()));
         }
         let base = view.base(self.config.public_origin.as_ref());
-        for name in ["location", "content-location", "refresh"] {
+        for name in URL_HEADERS {
             let Some(value) = head.headers.get(name).and_then(|v| v.to_str().ok()) else {
                 continue;
             };
@@ -210,7 +240,7 @@ impl Gateway {
         record.reason = Some(reason.as_str());
         self.write_audit(&record);
         tracing::info!(route = %route, reason = reason.as_str(), "rejected");
-        self.metrics.decision(&route, Decision::Rejected);
+        self.count(&route, Decision::Rejected);
         self.metrics
             .rejections
             .with_label_values(&[&route, reason.as_str()])
@@ -323,7 +353,7 @@ impl Gateway {
             Outcome::Challenged(challenge) => {
                 record.event = Some(Event::Challenged);
                 self.write_audit(&record);
-                self.metrics.decision(&route.name, Decision::Challenged);
+                self.count(&route.name, Decision::Challenged);
                 let description = "confirmation required: sign this action with the DPoP-Nonce";
                 let described = describe(&challenge);
                 return self
@@ -363,7 +393,7 @@ impl Gateway {
                 .await;
         }
         tracing::info!(route = %route.name, confirmation_id = %confirmation.id, "accepted");
-        self.metrics.decision(&route.name, Decision::Accepted);
+        self.count(&route.name, Decision::Accepted);
 
         // 5. Forward, then relay the response with its rewrites.
         let confirmed = Confirmed {
@@ -408,10 +438,7 @@ impl Gateway {
             }
             Err(ForwardError::Relay(e)) => (None, Err(e)),
         };
-        self.metrics
-            .upstream
-            .with_label_values(&[&route.name])
-            .observe(started.elapsed().as_secs_f64());
+        self.observe_upstream(&route.name, started);
         record.event = Some(Event::Completed);
         record.upstream_status = status;
         record.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
@@ -677,7 +704,7 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(route.clone());
         match route.risk {
             Risk::Low => {
-                self.metrics.decision(&route.name, Decision::Passthrough);
+                self.count(&route.name, Decision::Passthrough);
                 Ok(false)
             }
             Risk::High => {
@@ -770,10 +797,7 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.as_ref().filter(|r| r.risk == Risk::Low) else {
             return;
         };
-        self.metrics
-            .upstream
-            .with_label_values(&[&route.name])
-            .observe(ctx.started.elapsed().as_secs_f64());
+        self.observe_upstream(&route.name, ctx.started);
         if self.config.audit.passthrough {
             let mut record = self.audit_base(session.req_header(), ctx);
             record.event = Some(Event::Passthrough);

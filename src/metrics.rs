@@ -172,11 +172,19 @@ impl Metrics {
         }
     }
 
-    /// Counts one request decision.
-    pub fn decision(&self, route: &str, decision: Decision) {
-        self.requests
-            .with_label_values(&[route, decision.as_str()])
-            .inc();
+    /// The per-route series of one route, resolved once so the request path does no label
+    /// lookups. Only the decisions a route can take are created (and exported at zero).
+    pub fn for_route(&self, route: &str, high_impact: bool) -> RouteMetrics {
+        let counter = |decision: Decision, possible: bool| {
+            possible.then(|| self.requests.with_label_values(&[route, decision.as_str()]))
+        };
+        RouteMetrics {
+            passthrough: counter(Decision::Passthrough, !high_impact),
+            challenged: counter(Decision::Challenged, high_impact),
+            rejected: counter(Decision::Rejected, high_impact),
+            accepted: counter(Decision::Accepted, high_impact),
+            upstream: self.upstream.with_label_values(&[route]),
+        }
     }
 
     /// The Prometheus text exposition of this gateway and of the process.
@@ -187,6 +195,32 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&families, &mut out);
         out
+    }
+}
+
+/// One route's request counters and upstream latency.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    passthrough: Option<IntCounter>,
+    challenged: Option<IntCounter>,
+    rejected: Option<IntCounter>,
+    accepted: Option<IntCounter>,
+    /// Upstream latency of this route.
+    pub upstream: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts one request decision.
+    pub fn decision(&self, decision: Decision) {
+        let counter = match decision {
+            Decision::Passthrough => &self.passthrough,
+            Decision::Challenged => &self.challenged,
+            Decision::Rejected => &self.rejected,
+            Decision::Accepted => &self.accepted,
+        };
+        if let Some(counter) = counter {
+            counter.inc();
+        }
     }
 }
 
