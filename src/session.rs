@@ -218,7 +218,7 @@ impl Sessions {
                 let deleting = parts.any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
                 (k.trim() == name && !value.is_empty() && !deleting).then(|| opaque(value, None).id)
             })
-            .last()
+            .next_back()
             .filter(|id| *id != current.id)
     }
 }
