@@ -16,7 +16,6 @@
 //! `store.timeout`: when Redis is slow or down the caller gets [`StoreError::Unavailable`] and
 //! high-impact requests fail closed with `503`.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -28,8 +27,8 @@ use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use ::redis::{
-    AsyncConnectionConfig, Client, Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError,
-    RedisFuture, RedisResult, Script, ServerErrorKind, Value,
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline,
+    RedisError, RedisFuture, RedisResult, Script, ScriptInvocation, ServerErrorKind, Value,
 };
 use async_trait::async_trait;
 use moka::sync::Cache;
@@ -134,19 +133,26 @@ impl RedisStore {
         })
     }
 
-    /// Runs `op` on the store's runtime with a connection, within the timeout.
-    async fn call<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    /// Sends `request` from the store's runtime, within the timeout.
+    async fn call<T>(&self, request: Request) -> Result<T, StoreError>
     where
-        T: Send + 'static,
-        F: FnOnce(Connection) -> Fut + Send + 'static,
-        Fut: Future<Output = RedisResult<T>> + Send + 'static,
+        T: FromRedisValue + Send + 'static,
     {
         let link = self.link.clone();
         let timeout = self.timeout;
         let task = self.handle.spawn(async move {
             let outcome = tokio::time::timeout(timeout, async {
-                let connection = link.connection().await?;
-                op(connection).await
+                match request.send(&mut link.connection().await?).await {
+                    // The connection broke (or the last attempt to make one failed, and a new
+                    // attempt has just started): once more on a fresh connection, in the same
+                    // budget. A repeat can only answer more strictly — a nonce consumed by the
+                    // first try reads as used, a claimed jti as seen — never accept twice.
+                    Err(e) if e.is_io_error() => {
+                        link.after_failure(Some(&e)).await;
+                        request.send(&mut link.connection().await?).await
+                    }
+                    answer => answer,
+                }
             })
             .await;
             match outcome {
@@ -169,6 +175,21 @@ impl RedisStore {
                 "redis client stopped: {e}"
             )))
         })
+    }
+}
+
+/// One single-key command or script call, kept so that it can be sent again.
+enum Request {
+    Command(Cmd),
+    Script(ScriptInvocation<'static>),
+}
+
+impl Request {
+    async fn send<T: FromRedisValue>(&self, connection: &mut Connection) -> RedisResult<T> {
+        match self {
+            Request::Command(cmd) => cmd.query_async(connection).await,
+            Request::Script(invocation) => invocation.invoke_async(connection).await,
+        }
     }
 }
 
@@ -198,15 +219,12 @@ impl ReplayStore for RedisStore {
             fields.push(("r", chain.root));
             fields.push(("p", chain.parent));
         }
-        self.call(move |mut c| async move {
-            let mut invocation = PUT_NONCE.key(key);
-            invocation.arg(millis(ttl));
-            for (field, value) in fields {
-                invocation.arg(field).arg(value);
-            }
-            invocation.invoke_async::<i64>(&mut c).await
-        })
-        .await?;
+        let mut invocation = PUT_NONCE.key(key);
+        invocation.arg(millis(ttl));
+        for (field, value) in fields {
+            invocation.arg(field).arg(value);
+        }
+        self.call::<i64>(Request::Script(invocation)).await?;
         self.issued.add(*nonce, ttl);
         Ok(())
     }
@@ -218,17 +236,10 @@ impl ReplayStore for RedisStore {
         device: &str,
     ) -> Result<Take, StoreError> {
         let key = redis_key("nonce", nonce);
-        let (presented, presenter) = (hex(action), device.to_string());
-        let (outcome, device, root, parent): (i64, String, String, String) = self
-            .call(move |mut c| async move {
-                TAKE_NONCE
-                    .key(key)
-                    .arg(presented)
-                    .arg(presenter)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let mut invocation = TAKE_NONCE.key(key);
+        invocation.arg(hex(action)).arg(device);
+        let (outcome, device, root, parent): (i64, String, String, String) =
+            self.call(Request::Script(invocation)).await?;
         Ok(match outcome {
             1 => {
                 self.issued.remove(nonce);
@@ -251,19 +262,9 @@ impl ReplayStore for RedisStore {
 
     async fn claim_jti(&self, jti: &Key, ttl: Duration) -> Result<bool, StoreError> {
         let key = redis_key("jti", jti);
-        let set: Option<String> = self
-            .call(move |mut c| async move {
-                Cmd::new()
-                    .arg("SET")
-                    .arg(key)
-                    .arg(1)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(key).arg(1).arg("NX").arg("PX").arg(millis(ttl));
+        let set: Option<String> = self.call(Request::Command(cmd)).await?;
         Ok(set.is_some())
     }
 
@@ -274,17 +275,9 @@ impl ReplayStore for RedisStore {
         ttl: Duration,
     ) -> Result<Bind, StoreError> {
         let key = redis_key("binding", session);
-        let jkt = jkt.to_string();
-        let outcome: i64 = self
-            .call(move |mut c| async move {
-                BIND_DEVICE
-                    .key(key)
-                    .arg(jkt)
-                    .arg(millis(ttl))
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let mut invocation = BIND_DEVICE.key(key);
+        invocation.arg(jkt).arg(millis(ttl));
+        let outcome: i64 = self.call(Request::Script(invocation)).await?;
         Ok(match outcome {
             0 => Bind::New,
             1 => Bind::Same,
@@ -294,10 +287,9 @@ impl ReplayStore for RedisStore {
 
     async fn device(&self, session: &Key) -> Result<Option<String>, StoreError> {
         let key = redis_key("binding", session);
-        self.call(
-            move |mut c| async move { Cmd::new().arg("GET").arg(key).query_async(&mut c).await },
-        )
-        .await
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(key);
+        self.call(Request::Command(cmd)).await
     }
 
     /// Nonces this replica issued that it has not seen consumed and that have not expired: a
@@ -307,14 +299,9 @@ impl ReplayStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.call(|mut c| async move {
-            Cmd::new()
-                .arg("PING")
-                .query_async::<String>(&mut c)
-                .await
-                .map(drop)
-        })
-        .await
+        self.call::<String>(Request::Command(::redis::cmd("PING")))
+            .await
+            .map(drop)
     }
 
     fn backend(&self) -> &'static str {
