@@ -482,12 +482,17 @@ impl<'a> Endpoints<'a> {
         let hosts = hosts
             .split(',')
             .map(|host| {
+                // An IPv6 literal's port, if any, follows its closing bracket.
+                let has_port = match host.strip_prefix('[') {
+                    Some(v6) => v6.contains("]:"),
+                    None => host.contains(':'),
+                };
                 if host.is_empty() {
                     Err("an empty host in the host list".to_string())
-                } else if host.starts_with('[') && !host.contains("]:") || !host.contains(':') {
-                    Ok(format!("{host}:{default_port}"))
-                } else {
+                } else if has_port {
                     Ok(host.to_string())
+                } else {
+                    Ok(format!("{host}:{default_port}"))
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
