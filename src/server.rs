@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::provenance::Signer;
 use crate::routes::Risk;
 use crate::session::Sessions;
-use crate::store::{MemoryStore, ReplayStore};
+use crate::store::{MemoryStore, RedisStore, ReplayStore};
 
 /// Why the gateway could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -74,10 +74,8 @@ pub fn assemble(config: Config) -> Result<Assembled, BuildError> {
     }
     let store: Arc<dyn ReplayStore> = match &config.store {
         StoreConfig::Memory { max_entries } => Arc::new(MemoryStore::new(*max_entries)),
-        StoreConfig::Redis { .. } => {
-            return Err(setting(
-                "store.kind: redis is not available in this build; use kind: memory".to_string(),
-            ))
+        StoreConfig::Redis { url, timeout } => {
+            Arc::new(RedisStore::new(url, *timeout).map_err(|e| setting(e.to_string()))?)
         }
     };
     // Export the store's error counter at 0 from the start, so dashboards and alerts see it.

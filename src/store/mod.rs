@@ -3,12 +3,14 @@
 //! exactly one wins. Keys are SHA-256 digests: no credential or proof ever becomes a key.
 
 mod memory;
+mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
+pub use self::redis::{RedisSetupError, RedisStore};
 pub use memory::MemoryStore;
 
 /// A store key: SHA-256 over a namespace and the item.

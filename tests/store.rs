@@ -1,0 +1,426 @@
+//! One replay-store suite, run against every backend: memory, standalone Redis, Redis Cluster
+//! (three masters) and Redis behind a Sentinel. The backends must agree on every outcome of
+//! CONTRACT §3–§4's single-use rules: nonces (consume once, tombstones, mismatch does not burn,
+//! expiry), `jti`s, first-use device bindings, and the 64-way race. On Redis, every key is a
+//! namespaced hex digest with a TTL.
+
+#[path = "support/redis.rs"]
+mod redis_support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use countersign::store::{
+    Bind, Chain, Key, MemoryStore, NonceRecord, RedisStore, ReplayStore, Take,
+};
+use redis_support::{keys, query, RedisCluster, RedisSentinel, RedisServer};
+
+const TIMEOUT: Duration = Duration::from_millis(250);
+const LONG: Duration = Duration::from_secs(60);
+/// Short TTLs and the wait after which they have surely passed.
+const SHORT: Duration = Duration::from_millis(150);
+const PAST_SHORT: Duration = Duration::from_millis(400);
+
+type Store = Arc<dyn ReplayStore>;
+type Case = fn(Store) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), |s| Box::pin($name(s)))),*]
+    };
+}
+
+/// Every case, each given a fresh store.
+const SUITE: &[(&str, Case)] = cases![
+    a_nonce_is_consumed_once_then_reported_used,
+    records_round_trip_with_and_without_device_and_chain,
+    a_mismatching_presenter_does_not_burn_the_nonce,
+    a_nonce_issued_before_binding_accepts_any_device,
+    unknown_and_expired_nonces_are_unknown,
+    a_tombstone_lasts_as_long_as_the_nonce_would_have,
+    a_jti_is_claimed_once_per_window,
+    a_session_is_bound_to_its_first_device,
+    a_binding_expires_and_can_then_be_taken_by_another_device,
+    of_64_concurrent_takes_exactly_one_consumes,
+    issued_nonces_are_counted_until_consumed,
+    ping_answers,
+];
+
+async fn run_suite(backend: &str, make: impl Fn() -> Store) {
+    for (name, case) in SUITE {
+        let store = make();
+        assert_eq!(store.backend(), backend);
+        eprintln!("{backend}: {name}");
+        case(store).await;
+    }
+}
+
+fn key() -> Key {
+    rand::random()
+}
+
+fn action() -> [u8; 32] {
+    rand::random()
+}
+
+fn record(action: [u8; 32], device: Option<&str>, chain: Option<Chain>) -> NonceRecord {
+    NonceRecord {
+        action,
+        device: device.map(str::to_string),
+        chain,
+    }
+}
+
+fn chain() -> Chain {
+    Chain {
+        root: uuid::Uuid::now_v7().to_string(),
+        parent: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+async fn put(store: &Store, nonce: &Key, record: &NonceRecord, ttl: Duration) {
+    store
+        .put_nonce(nonce, record.clone(), ttl)
+        .await
+        .expect("put_nonce");
+}
+
+async fn take(store: &Store, nonce: &Key, action: &[u8; 32], device: &str) -> Take {
+    store
+        .take_nonce(nonce, action, device)
+        .await
+        .expect("take_nonce")
+}
+
+// ───────────────────────────── the cases ─────────────────────────────
+
+async fn a_nonce_is_consumed_once_then_reported_used(s: Store) {
+    let (nonce, act) = (key(), action());
+    let rec = record(act, Some("jkt-A"), None);
+    put(&s, &nonce, &rec, LONG).await;
+    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Consumed(rec));
+    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Used);
+    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Used);
+}
+
+async fn records_round_trip_with_and_without_device_and_chain(s: Store) {
+    for rec in [
+        record(action(), None, None),
+        record(action(), Some("jkt-A"), None),
+        record(action(), None, Some(chain())),
+        record(
+            action(),
+            Some("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            Some(chain()),
+        ),
+    ] {
+        let nonce = key();
+        put(&s, &nonce, &rec, LONG).await;
+        let device = rec.device.clone().unwrap_or_else(|| "any".to_string());
+        assert_eq!(
+            take(&s, &nonce, &rec.action, &device).await,
+            Take::Consumed(rec)
+        );
+    }
+}
+
+async fn a_mismatching_presenter_does_not_burn_the_nonce(s: Store) {
+    let (nonce, act) = (key(), action());
+    let rec = record(act, Some("jkt-A"), Some(chain()));
+    put(&s, &nonce, &rec, LONG).await;
+    assert_eq!(take(&s, &nonce, &action(), "jkt-A").await, Take::Mismatch);
+    assert_eq!(take(&s, &nonce, &act, "jkt-B").await, Take::Mismatch);
+    assert_eq!(take(&s, &nonce, &act, "").await, Take::Mismatch);
+    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Consumed(rec));
+    // Once used, a mismatching presenter learns it is used, like anyone else.
+    assert_eq!(take(&s, &nonce, &act, "jkt-B").await, Take::Used);
+}
+
+async fn a_nonce_issued_before_binding_accepts_any_device(s: Store) {
+    let (nonce, act) = (key(), action());
+    let rec = record(act, None, None);
+    put(&s, &nonce, &rec, LONG).await;
+    assert_eq!(take(&s, &nonce, &act, "jkt-Z").await, Take::Consumed(rec));
+    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Used);
+}
+
+async fn unknown_and_expired_nonces_are_unknown(s: Store) {
+    let act = action();
+    assert_eq!(take(&s, &key(), &act, "jkt-A").await, Take::Unknown);
+    let nonce = key();
+    put(&s, &nonce, &record(act, None, None), SHORT).await;
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Unknown);
+}
+
+async fn a_tombstone_lasts_as_long_as_the_nonce_would_have(s: Store) {
+    let (nonce, act) = (key(), action());
+    let rec = record(act, None, None);
+    put(&s, &nonce, &rec, Duration::from_millis(500)).await;
+    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Consumed(rec));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Used);
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Unknown);
+}
+
+async fn a_jti_is_claimed_once_per_window(s: Store) {
+    let jti = key();
+    assert!(s.claim_jti(&jti, LONG).await.expect("claim"));
+    assert!(!s.claim_jti(&jti, LONG).await.expect("claim"));
+    assert!(s.claim_jti(&key(), LONG).await.expect("claim"));
+    let short = key();
+    assert!(s.claim_jti(&short, SHORT).await.expect("claim"));
+    assert!(!s.claim_jti(&short, SHORT).await.expect("claim"));
+    tokio::time::sleep(PAST_SHORT).await;
+    assert!(s.claim_jti(&short, SHORT).await.expect("claim"));
+}
+
+async fn a_session_is_bound_to_its_first_device(s: Store) {
+    let session = key();
+    assert_eq!(s.device(&session).await.expect("device"), None);
+    assert_eq!(
+        s.bind_device(&session, "jkt-A", LONG).await.expect("bind"),
+        Bind::New
+    );
+    assert_eq!(
+        s.bind_device(&session, "jkt-A", LONG).await.expect("bind"),
+        Bind::Same
+    );
+    assert_eq!(
+        s.bind_device(&session, "jkt-B", LONG).await.expect("bind"),
+        Bind::Other
+    );
+    assert_eq!(
+        s.device(&session).await.expect("device").as_deref(),
+        Some("jkt-A")
+    );
+    assert_eq!(s.device(&key()).await.expect("device"), None);
+}
+
+async fn a_binding_expires_and_can_then_be_taken_by_another_device(s: Store) {
+    let session = key();
+    assert_eq!(
+        s.bind_device(&session, "jkt-A", SHORT).await.expect("bind"),
+        Bind::New
+    );
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(s.device(&session).await.expect("device"), None);
+    assert_eq!(
+        s.bind_device(&session, "jkt-B", LONG).await.expect("bind"),
+        Bind::New
+    );
+    assert_eq!(
+        s.device(&session).await.expect("device").as_deref(),
+        Some("jkt-B")
+    );
+}
+
+async fn of_64_concurrent_takes_exactly_one_consumes(s: Store) {
+    let (nonce, act) = (key(), action());
+    put(&s, &nonce, &record(act, Some("jkt-A"), None), LONG).await;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.take_nonce(&nonce, &act, "jkt-A").await })
+        })
+        .collect();
+    let (mut consumed, mut used) = (0, 0);
+    for task in tasks {
+        match task.await.expect("task").expect("take_nonce") {
+            Take::Consumed(_) => consumed += 1,
+            Take::Used => used += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((consumed, used), (1, 63));
+}
+
+async fn issued_nonces_are_counted_until_consumed(s: Store) {
+    let act = action();
+    let nonces = [key(), key(), key()];
+    for nonce in &nonces {
+        put(&s, nonce, &record(act, None, None), LONG).await;
+    }
+    assert_eq!(s.outstanding_nonces(), 3);
+    assert!(matches!(
+        take(&s, &nonces[0], &act, "jkt-A").await,
+        Take::Consumed(_)
+    ));
+    assert_eq!(s.outstanding_nonces(), 2);
+}
+
+async fn ping_answers(s: Store) {
+    s.ping().await.expect("ping");
+}
+
+// ───────────────────────────── the backends ─────────────────────────────
+
+fn redis_store(url: &str) -> Store {
+    Arc::new(RedisStore::new(url, TIMEOUT).expect("redis store"))
+}
+
+/// Leaves one record of each kind with a long TTL, then checks every key on every node: a
+/// `countersign:` namespace, a hex SHA-256 (never the raw nonce, jti, session or device), a TTL.
+async fn keys_are_hashed_and_expire(store: Store, nodes: &[String]) {
+    let raw = "RAW-credential-must-not-appear";
+    let nonce = countersign::store::key("nonce", &[raw.as_bytes()]);
+    put(
+        &store,
+        &nonce,
+        &record(action(), Some(raw), Some(chain())),
+        LONG,
+    )
+    .await;
+    let jti = countersign::store::key("jti", &[raw.as_bytes()]);
+    assert!(store.claim_jti(&jti, LONG).await.expect("claim"));
+    let session = countersign::store::key("binding", &[raw.as_bytes()]);
+    store.bind_device(&session, raw, LONG).await.expect("bind");
+
+    let mut found = Vec::new();
+    for node in nodes {
+        for name in keys(node, "*") {
+            let ttl: i64 = query(node, redis::cmd("PTTL").arg(&name)).expect("PTTL");
+            // -2: expired between SCAN and PTTL; -1 would be a key that never expires.
+            assert!(ttl > 0 || ttl == -2, "{name} has no TTL ({ttl})");
+            found.push(name);
+        }
+    }
+    let kinds = ["nonce", "jti", "binding"];
+    for kind in kinds {
+        assert!(
+            found
+                .iter()
+                .any(|k| k.starts_with(&format!("countersign:{kind}:"))),
+            "no {kind} key among {found:?}"
+        );
+    }
+    for name in &found {
+        let digest = kinds
+            .iter()
+            .find_map(|kind| name.strip_prefix(&format!("countersign:{kind}:")))
+            .unwrap_or_else(|| panic!("{name} is outside the countersign namespaces"));
+        assert!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{name} is not a hex SHA-256"
+        );
+        assert!(!name.contains(raw));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_passes_the_suite() {
+    run_suite("memory", || Arc::new(MemoryStore::new(10_000))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_passes_the_suite() {
+    let server = RedisServer::start();
+    let url = server.url();
+    run_suite("redis", || redis_store(&url)).await;
+    keys_are_hashed_and_expire(redis_store(&url), std::slice::from_ref(&url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_passes_the_suite() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    run_suite("redis", || redis_store(&url)).await;
+    keys_are_hashed_and_expire(redis_store(&url), &cluster.node_urls()).await;
+    // The keys spread over the masters: single-key operations never need one slot.
+    let holding = cluster
+        .node_urls()
+        .iter()
+        .filter(|node| !keys(node, "countersign:*").is_empty())
+        .count();
+    assert!(holding >= 2, "keys landed on {holding} of 3 masters");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_store_passes_the_suite() {
+    let sentinel = RedisSentinel::start();
+    let url = sentinel.url();
+    run_suite("redis", || redis_store(&url)).await;
+    keys_are_hashed_and_expire(redis_store(&url), &[sentinel.master.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_fails_closed_at_once() {
+    // A port nothing listens on: every operation is an error, never an answer, and nobody
+    // waits for the timeout to learn it.
+    let store = redis_store(&format!("redis://127.0.0.1:{}", unused_port()));
+    let started = Instant::now();
+    assert!(store.ping().await.is_err());
+    assert!(store.take_nonce(&key(), &action(), "jkt-A").await.is_err());
+    assert!(store.claim_jti(&key(), LONG).await.is_err());
+    assert!(store.bind_device(&key(), "jkt-A", LONG).await.is_err());
+    assert!(store.device(&key()).await.is_err());
+    assert!(store
+        .put_nonce(&key(), record(action(), None, None), LONG)
+        .await
+        .is_err());
+    assert!(
+        started.elapsed() < TIMEOUT,
+        "six refused operations took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(store.outstanding_nonces(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_fails_closed_after_the_timeout() {
+    // Accepts connections (the kernel completes the handshake) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let store = redis_store(&format!("redis://127.0.0.1:{port}"));
+    for _ in 0..2 {
+        let started = Instant::now();
+        let taken = store.take_nonce(&key(), &action(), "jkt-A").await;
+        let took = started.elapsed();
+        assert!(taken.is_err(), "{taken:?}");
+        assert!(
+            took >= TIMEOUT && took < TIMEOUT + Duration::from_millis(500),
+            "took {took:?}"
+        );
+    }
+}
+
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_made_outside_any_runtime_works_from_several_runtimes() {
+    let server = RedisServer::start();
+    let store = std::thread::spawn({
+        let url = server.url();
+        move || redis_store(&url)
+    })
+    .join()
+    .expect("store built on a plain thread");
+    let (nonce, act) = (key(), action());
+    put(&store, &nonce, &record(act, None, None), LONG).await;
+    // Another runtime, as Pingora runs each service on its own: the connection made on the
+    // first use keeps serving it, and this runtime stopping does not break the store.
+    let other = store.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            assert!(other.claim_jti(&key(), LONG).await.expect("claim"));
+        });
+    })
+    .join()
+    .expect("second runtime");
+    assert!(matches!(
+        take(&store, &nonce, &act, "jkt-A").await,
+        Take::Consumed(_)
+    ));
+}
