@@ -2,6 +2,7 @@
 //! match route → low? stream it : session → body → confirmation → audit → forward.
 
 use std::collections::HashMap;
+use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,20 +88,32 @@ impl Gateway {
         audit: AuditLog,
         metrics: Arc<Metrics>,
         signer: Arc<Signer>,
-    ) -> Gateway {
+    ) -> Result<Gateway, String> {
         let targets = config
             .upstreams
             .values()
             .map(|u| {
-                let mut peer = HttpPeer::new(u.address.as_str(), u.tls, u.sni.clone());
+                // Resolved once, here: an unresolvable name stops the start with a clear error.
+                let addr = u
+                    .address
+                    .to_socket_addrs()
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string()))
+                    .map_err(|e| {
+                        format!(
+                            "upstreams.{}.address: cannot resolve {}: {e}",
+                            u.name, u.address
+                        )
+                    })?;
+                let mut peer = HttpPeer::new(addr, u.tls, u.sni.clone());
                 peer.options.connection_timeout = Some(u.connect_timeout);
                 peer.options.read_timeout = Some(u.read_timeout);
                 peer.options.idle_timeout = Some(Duration::from_secs(60));
                 let scheme = if u.tls { "https" } else { "http" };
                 let origin = format!("{scheme}://{}", u.address.to_ascii_lowercase());
-                (u.name.clone(), Target { peer, origin })
+                Ok((u.name.clone(), Target { peer, origin }))
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let algs = confirmer
             .algs()
             .iter()
@@ -118,7 +131,7 @@ impl Gateway {
                 )
             })
             .collect();
-        Gateway {
+        Ok(Gateway {
             route_metrics,
             config,
             targets,
@@ -128,7 +141,7 @@ impl Gateway {
             signer,
             forwarder: Forwarder::default(),
             algs,
-        }
+        })
     }
 
     /// The route's metric handles (every configured route has them).

@@ -120,7 +120,8 @@ pub fn assemble(config: Config) -> Result<Assembled, BuildError> {
         audit,
         metrics.clone(),
         signer.clone(),
-    );
+    )
+    .map_err(setting)?;
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "countersign");
     proxy.add_tcp(&config.listen);

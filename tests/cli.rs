@@ -202,3 +202,28 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn an_upstream_name_that_does_not_resolve_stops_the_start_with_its_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: \"127.0.0.1:{}\"\nupstreams: {{ legacy: {{ address: \"no-such-host.invalid:80\" }} }}\nsession: {{ kind: header, header: x-s }}\nroutes:\n  - name: all\n    match: {{ path: \"/{{*rest}}\" }}\n    upstream: legacy\n    risk: low\n",
+            free_port()
+        ),
+    )
+    .expect("write config");
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("upstreams.legacy.address: cannot resolve"),
+        "{err}"
+    );
+}
