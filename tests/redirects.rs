@@ -13,7 +13,7 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,6 @@ use base64::Engine;
 use bytes::Bytes;
 use countersign::alg::ProofAlg;
 use countersign::keys::DeviceKey;
-use countersign::server::{self, Running};
 use http::HeaderMap;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -31,8 +30,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::{free_port, send, Reply};
-use tokio::net::{TcpListener, TcpStream};
+use support::{send, Gateway, Reply};
+use tokio::net::TcpListener;
 
 /// The session credential (cookie value) of most tests.
 const SID: &str = "alice-session-7c1d0e9b";
@@ -299,14 +298,12 @@ async fn legacy_app(
 /// The recording upstream with a gateway in front of it.
 struct World {
     legacy: Legacy,
+    gw: Gateway,
     /// `http://127.0.0.1:<port>`: where requests are sent.
     base: String,
     /// The external base the gateway compares `htu` with (public origin or `base`).
     public: String,
     metrics_port: u16,
-    audit_path: PathBuf,
-    running: Option<Running>,
-    _dir: tempfile::TempDir,
 }
 
 impl World {
@@ -317,34 +314,16 @@ impl World {
 
     async fn build(public_origin: Option<&str>, session: &str, extra: &str) -> World {
         let legacy = Legacy::start().await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (port, metrics_port) = (free_port(), free_port());
-        let audit_path = dir.path().join("audit.jsonl");
         let public_line =
             public_origin.map_or_else(String::new, |o| format!("public_origin: \"{o}\""));
-        let yaml = format!(
-            "listen: \"127.0.0.1:{port}\"\nmetrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\naudit: {{ path: \"{}\" }}\nserver: {{ threads: 2, shutdown_timeout: 1s }}\n{public_line}\n{session}\n{extra}\n{}",
-            audit_path.display(),
-            ROUTES.replace("{upstream}", &legacy.addr.to_string())
-        );
-        let config = countersign::config::parse(&yaml, Path::new("redirects.yaml"))
-            .expect("test config is valid");
-        let running = server::assemble(config).expect("gateway assembles").spawn();
-        for _ in 0..400 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let base = format!("http://127.0.0.1:{port}");
+        let body = format!("{public_line}\n{session}\n{extra}\n{ROUTES}");
+        let gw = Gateway::start_at(&body, legacy.addr).await;
         World {
             legacy,
-            public: public_origin.unwrap_or(&base).to_string(),
-            base,
-            metrics_port,
-            audit_path,
-            running: Some(running),
-            _dir: dir,
+            public: public_origin.unwrap_or(&gw.base).to_string(),
+            base: gw.base.clone(),
+            metrics_port: gw.metrics_port,
+            gw,
         }
     }
 
@@ -461,11 +440,7 @@ impl World {
     }
 
     fn audit(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.audit_path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-            .collect()
+        self.gw.audit()
     }
 
     /// Waits for the first audit record that satisfies `what`.
@@ -579,15 +554,6 @@ impl World {
         assert_eq!(claims["target"], target, "provenance: {claims}");
         assert_eq!(claims["body_sha256"], body_sha256, "provenance: {claims}");
         cid
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            // Stopping joins runtime threads: never do it on an async worker.
-            std::thread::spawn(move || r.stop());
-        }
     }
 }
 

@@ -168,13 +168,18 @@ impl Gateway {
     /// Starts a gateway whose config is `body` (upstreams, session, routes, ...) with `listen`,
     /// `metrics`, `audit` and `server` filled in; `{upstream}` is replaced by the upstream address.
     pub async fn start(body: &str, upstream: &Upstream) -> Gateway {
+        Gateway::start_at(body, upstream.addr).await
+    }
+
+    /// [`Gateway::start`] in front of any upstream address.
+    pub async fn start_at(body: &str, upstream: SocketAddr) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let (port, metrics_port) = (free_port(), free_port());
         let audit_path = dir.path().join("audit.jsonl");
         let yaml = format!(
             "listen: \"127.0.0.1:{port}\"\nmetrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\naudit: {{ path: \"{}\" }}\nserver: {{ threads: 2, shutdown_timeout: 1s }}\n{}",
             audit_path.display(),
-            body.replace("{upstream}", &upstream.addr.to_string())
+            body.replace("{upstream}", &upstream.to_string())
         );
         let config = countersign::config::parse(&yaml, Path::new("test.yaml"))
             .expect("test config is valid");
