@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -36,10 +37,11 @@ pub struct Forwarder {
     connector: Connector,
 }
 
-impl Default for Forwarder {
-    fn default() -> Self {
+impl Forwarder {
+    /// A forwarder with its own pool, built like Pingora's proxy connector.
+    pub fn new(options: ConnectorOptions) -> Forwarder {
         Forwarder {
-            connector: Connector::new(None),
+            connector: Connector::new(Some(options)),
         }
     }
 }

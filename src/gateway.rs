@@ -84,6 +84,7 @@ impl Gateway {
     /// Assembles a gateway from validated parts.
     pub fn new(
         config: Arc<Config>,
+        forwarder: Forwarder,
         confirmer: Confirmer,
         audit: AuditLog,
         metrics: Arc<Metrics>,
@@ -139,7 +140,7 @@ impl Gateway {
             audit,
             metrics,
             signer,
-            forwarder: Forwarder::default(),
+            forwarder,
             algs,
         })
     }

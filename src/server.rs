@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
+use pingora::connectors::ConnectorOptions;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 use crate::audit::AuditLog;
 use crate::config::{Config, StoreConfig};
 use crate::confirm::Confirmer;
+use crate::forward::Forwarder;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::provenance::Signer;
@@ -106,7 +108,14 @@ pub fn assemble(config: Config) -> Result<Assembled, BuildError> {
         metrics.clone(),
     );
 
+    if let Some(path) = &config.upstream_ca_file {
+        check_ca_bundle(path).map_err(|e| setting(format!("upstream_ca_file: {e}")))?;
+    }
     let server_conf = ServerConf {
+        ca_file: config
+            .upstream_ca_file
+            .as_ref()
+            .map(|p| p.display().to_string()),
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
@@ -114,8 +123,11 @@ pub fn assemble(config: Config) -> Result<Assembled, BuildError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
+    // The confirmed-request connector trusts the same CAs as Pingora's own proxy connector.
+    let forwarder = Forwarder::new(ConnectorOptions::from_server_conf(&server.configuration));
     let gateway = Gateway::new(
         config.clone(),
+        forwarder,
         confirmer,
         audit,
         metrics.clone(),
@@ -137,6 +149,19 @@ pub fn assemble(config: Config) -> Result<Assembled, BuildError> {
         server.add_service(service);
     }
     Ok(Assembled { server, summary })
+}
+
+/// A CA bundle must hold at least one PEM certificate: Pingora's TLS connector panics on one
+/// it cannot load, so it is checked before the server starts.
+fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let blocks =
+        pem::parse_many(&text).map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+    if blocks.iter().any(|b| b.tag() == "CERTIFICATE") {
+        Ok(())
+    } else {
+        Err(format!("{} holds no CERTIFICATE", path.display()))
+    }
 }
 
 impl Assembled {

@@ -485,6 +485,7 @@ struct FileConfig {
     trusted_proxies: Option<Vec<Parsed<IpNet>>>,
     metrics: Option<FileMetrics>,
     upstreams: FileUpstreams,
+    upstream_ca_file: Option<PathBuf>,
     session: FileSession,
     confirmation: Option<FileConfirmation>,
     provenance: Option<FileProvenance>,
@@ -848,6 +849,7 @@ impl FileConfig {
                 listen: m.listen.0.to_string(),
             }),
             upstreams,
+            upstream_ca_file: self.upstream_ca_file,
             session,
             confirmation,
             provenance: ProvenanceConfig {

@@ -44,6 +44,8 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Upstream>,
+    /// PEM bundle of CAs trusted for TLS upstreams instead of the system roots (an extension).
+    pub upstream_ca_file: Option<PathBuf>,
     /// How sessions are read.
     pub session: SessionConfig,
     /// Confirmation parameters.
