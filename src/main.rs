@@ -98,10 +98,17 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Check { config: path } => {
+            use std::fmt::Write as _;
             let config = config::load(&path).map_err(|e| e.to_string())?;
-            println!("{}: ok", path.display());
-            println!("listen {}", config.listen);
-            println!(
+            // Keys and secrets load now, so `check` fails where `run` would.
+            let signer =
+                countersign::provenance::Signer::load(config.provenance.signing_key.as_deref())
+                    .map_err(|e| e.to_string())?;
+            countersign::session::Sessions::new(&config.session, config.confirmation.clock_skew)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut out = format!("{}: ok\nlisten {}\n", path.display(), config.listen);
+            let _ = writeln!(
+                out,
                 "{:<4} {:<24} {:<22} {:<40} upstream",
                 "risk", "route", "methods", "path"
             );
@@ -110,7 +117,8 @@ fn run(command: Command) -> Result<(), String> {
                     || "*".to_string(),
                     |m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","),
                 );
-                println!(
+                let _ = writeln!(
+                    out,
                     "{:<4} {:<24} {:<22} {:<40} {}",
                     r.risk.as_str(),
                     r.name,
@@ -119,16 +127,14 @@ fn run(command: Command) -> Result<(), String> {
                     r.upstream
                 );
             }
-            let signer =
-                countersign::provenance::Signer::load(config.provenance.signing_key.as_deref())
-                    .map_err(|e| e.to_string())?;
             if signer.ephemeral {
-                println!("provenance key: none configured; an ephemeral key is generated at start");
+                out.push_str(
+                    "provenance key: none configured; an ephemeral key is generated at start\n",
+                );
             } else {
-                println!("provenance public key (JWKS): {}", signer.jwks());
+                let _ = writeln!(out, "provenance public key (JWKS): {}", signer.jwks());
             }
-            countersign::session::Sessions::new(&config.session, config.confirmation.clock_skew)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            print_out(&out);
             Ok(())
         }
         Command::Demo => demo::run(),
@@ -171,6 +177,12 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn write_private(path: &PathBuf, bytes: &[u8]) -> Result<(), String> {
