@@ -177,10 +177,11 @@ pub struct Route {
 impl Route {
     /// Whether this route matches the request method and path.
     pub fn matches(&self, method: &Method, path: &str) -> bool {
-        self.methods
-            .as_ref()
-            .is_none_or(|methods| methods.contains(method))
-            && self.template.matches(path)
+        // A route listing GET also takes HEAD: most frameworks run the GET handler for a HEAD
+        // (RFC 9110 §9.3.2), so a HEAD must not slip past a high-impact GET route.
+        self.methods.as_ref().is_none_or(|methods| {
+            methods.contains(method) || (*method == Method::HEAD && methods.contains(&Method::GET))
+        }) && self.template.matches(path)
     }
 }
 
@@ -303,6 +304,27 @@ mod tests {
         assert_eq!(canonical_path("/api\\users\\1"), "/api/users/1");
         assert_eq!(canonical_path("/a%20b/"), "/a%20b/");
         assert_eq!(canonical_path("/%zz"), "/%zz");
+    }
+
+    #[test]
+    fn head_is_matched_by_a_get_route() {
+        let table = RouteTable::new(vec![
+            route(
+                "confirm",
+                Some(&[Method::GET]),
+                "/deploys/{id}/confirm",
+                Risk::High,
+            ),
+            route("default", None, "/{*rest}", Risk::Low),
+        ]);
+        let found = table
+            .lookup(&Method::HEAD, "/deploys/17/confirm")
+            .expect("route");
+        assert_eq!(found.name, "confirm");
+        let found = table
+            .lookup(&Method::POST, "/deploys/17/confirm")
+            .expect("route");
+        assert_eq!(found.name, "default");
     }
 
     #[test]
