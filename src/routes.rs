@@ -113,6 +113,18 @@ impl PathTemplate {
     /// Whether the request path (without query) matches. A trailing `{*name}` also matches when
     /// the path ends right before it (`/api/{*rest}` matches `/api`, `/api/` and `/api/a/b`).
     pub fn matches(&self, path: &str) -> bool {
+        self.match_with(path, |literal, segment| segment == literal)
+    }
+
+    /// [`PathTemplate::matches`] with literal segments compared without regard to ASCII case,
+    /// as case-insensitive upstreams compare them.
+    pub fn matches_ignoring_case(&self, path: &str) -> bool {
+        self.match_with(path, |literal, segment| {
+            segment.eq_ignore_ascii_case(literal)
+        })
+    }
+
+    fn match_with(&self, path: &str, literal_eq: impl Fn(&str, &str) -> bool) -> bool {
         let Some(body) = path.strip_prefix('/') else {
             return false;
         };
@@ -128,7 +140,7 @@ impl PathTemplate {
                 None => (remaining, None),
             };
             let ok = match segment {
-                Segment::Literal(literal) => head == literal,
+                Segment::Literal(literal) => literal_eq(literal, head),
                 Segment::Param => !head.is_empty(),
                 Segment::CatchAll => true,
             };
@@ -177,11 +189,16 @@ pub struct Route {
 impl Route {
     /// Whether this route matches the request method and path.
     pub fn matches(&self, method: &Method, path: &str) -> bool {
-        // A route listing GET also takes HEAD: most frameworks run the GET handler for a HEAD
-        // (RFC 9110 §9.3.2), so a HEAD must not slip past a high-impact GET route.
+        self.accepts(method) && self.template.matches(path)
+    }
+
+    /// Whether the route takes this method. A route listing GET also takes HEAD: most
+    /// frameworks run the GET handler for a HEAD (RFC 9110 §9.3.2), so a HEAD must not slip
+    /// past a high-impact GET route.
+    pub fn accepts(&self, method: &Method) -> bool {
         self.methods.as_ref().is_none_or(|methods| {
             methods.contains(method) || (*method == Method::HEAD && methods.contains(&Method::GET))
-        }) && self.template.matches(path)
+        })
     }
 }
 
@@ -204,21 +221,31 @@ impl RouteTable {
         self.routes.iter().find(|route| route.matches(method, path))
     }
 
-    /// The route for a request path as received. A path with dot segments, empty segments,
-    /// backslashes or percent-encoding is also matched in its canonical form (see
-    /// [`canonical_path`]); when either form reaches a high-impact route, that route wins, so an
-    /// upstream that normalises paths can never be reached around a confirmation.
+    /// The route for a request as received. When the method or path could mean something else
+    /// to a lenient upstream (a lower-case method; dot or empty segments, backslashes,
+    /// percent-encoding, `;` parameters, a trailing slash, upper-case letters), the request is
+    /// also matched loosely: method upper-cased, path in its canonical form ([`canonical_path`]),
+    /// literals without regard to case. If the loose reading reaches a high-impact route, that
+    /// route applies, so an upstream that normalises cannot be reached around a confirmation.
     pub fn lookup(&self, method: &Method, raw_path: &str) -> Option<&Arc<Route>> {
         let raw = self.find(method, raw_path);
-        if !is_ambiguous(raw_path) {
+        if raw.is_some_and(|r| r.risk == Risk::High) {
             return raw;
         }
-        let canonical = self.find(method, &canonical_path(raw_path));
-        match (raw, canonical) {
-            (Some(r), _) if r.risk == Risk::High => Some(r),
-            (_, Some(c)) if c.risk == Risk::High => Some(c),
-            (r, c) => r.or(c),
+        let odd_method = method.as_str().bytes().any(|b| b.is_ascii_lowercase());
+        if !odd_method && !is_ambiguous(raw_path) {
+            return raw;
         }
+        let loose_method = Method::from_bytes(method.as_str().to_ascii_uppercase().as_bytes())
+            .unwrap_or_else(|_| method.clone());
+        let canonical = canonical_path(raw_path);
+        let loose = |route: &&Arc<Route>| {
+            route.risk == Risk::High
+                && route.accepts(&loose_method)
+                && (route.template.matches_ignoring_case(&canonical)
+                    || route.template.matches_ignoring_case(raw_path))
+        };
+        self.routes.iter().find(loose).or(raw)
     }
 
     /// Every route, in match order.
@@ -239,12 +266,16 @@ impl RouteTable {
 
 /// Whether a path may mean something else to an upstream that normalises it.
 fn is_ambiguous(path: &str) -> bool {
-    path.contains(['%', '\\']) || path.contains("//") || path.contains("/.")
+    path.bytes()
+        .any(|b| matches!(b, b'%' | b'\\' | b';') || b.is_ascii_uppercase())
+        || path.contains("//")
+        || path.contains("/.")
+        || (path.len() > 1 && path.ends_with('/'))
 }
 
 /// The most-decoded reading of a path: backslashes and encoded slashes become `/`, encoded
-/// unreserved characters are decoded (RFC 3986 §6.2.2.2), dot segments are removed (§5.2.4) and
-/// empty segments collapse.
+/// unreserved characters are decoded (RFC 3986 §6.2.2.2), dot segments are removed (§5.2.4),
+/// empty segments, `;` path parameters and a trailing slash are dropped.
 pub fn canonical_path(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
@@ -272,7 +303,11 @@ pub fn canonical_path(path: &str) -> String {
         i += 1;
     }
     let mut out: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
+    // Path parameters (`/users;jsessionid=x/42`) are dropped by servlet containers.
+    for segment in decoded
+        .split('/')
+        .map(|s| s.split(';').next().unwrap_or(""))
+    {
         match segment {
             "" | "." => {}
             ".." => {
@@ -281,12 +316,8 @@ pub fn canonical_path(path: &str) -> String {
             s => out.push(s),
         }
     }
-    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    let mut canonical = format!("/{}", out.join("/"));
-    if trailing && canonical.len() > 1 {
-        canonical.push('/');
-    }
-    canonical
+    // Without a trailing slash: lenient routers treat `/users/42/` as `/users/42`.
+    format!("/{}", out.join("/"))
 }
 
 #[cfg(test)]
@@ -302,7 +333,11 @@ mod tests {
         assert_eq!(canonical_path("/api/%2e%2e/api/users/1"), "/api/users/1");
         assert_eq!(canonical_path("/api%2Fusers%5c1"), "/api/users/1");
         assert_eq!(canonical_path("/api\\users\\1"), "/api/users/1");
-        assert_eq!(canonical_path("/a%20b/"), "/a%20b/");
+        assert_eq!(canonical_path("/a%20b/"), "/a%20b");
+        assert_eq!(
+            canonical_path("/api/users;jsessionid=1/42;v=2"),
+            "/api/users/42"
+        );
         assert_eq!(canonical_path("/%zz"), "/%zz");
     }
 
@@ -344,6 +379,9 @@ mod tests {
             "/api/%75sers/1",
             "/api%2Fusers/1",
             "/api/users/a%2Fb",
+            "/api/users/1/",
+            "/API/Users/1",
+            "/api/users;x=1/1",
         ] {
             let found = table
                 .lookup(&Method::DELETE, path)
@@ -356,6 +394,11 @@ mod tests {
                 .expect("route")
                 .name,
             "default"
+        );
+        let lower = Method::from_bytes(b"delete").expect("an extension method");
+        assert_eq!(
+            table.lookup(&lower, "/api/users/1").expect("route").name,
+            "delete"
         );
     }
 
