@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -164,12 +164,13 @@ impl Gateway {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "route names no upstream"))
     }
 
-    fn view(ctx: &RequestCtx) -> ClientView {
-        ctx.view.clone().unwrap_or(ClientView {
+    fn view(ctx: &RequestCtx) -> &ClientView {
+        static UNKNOWN: LazyLock<ClientView> = LazyLock::new(|| ClientView {
             scheme: "http".into(),
             host: None,
             prefix: String::new(),
-        })
+        });
+        ctx.view.as_ref().unwrap_or(&UNKNOWN)
     }
 
     /// Rewrites `Location`, `Content-Location` and `Refresh` URLs on the upstream's own origin
@@ -544,7 +545,7 @@ impl Gateway {
     ) -> pingora::Result<RequestHeader> {
         let mut up = c.req.clone();
         forwarding::strip_request(&mut up, Framing::Buffered);
-        forwarding::set_forwarded(&mut up, ctx.peer, &Self::view(ctx));
+        forwarding::set_forwarded(&mut up, ctx.peer, Self::view(ctx));
         self.rewrite_authorization(&mut up)?;
         let cid = c.confirmation.id.to_string();
         let sid_hash = c.user.id_hash();
@@ -750,7 +751,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         forwarding::strip_request(upstream, Framing::Streamed);
-        forwarding::set_forwarded(upstream, ctx.peer, &Self::view(ctx));
+        forwarding::set_forwarded(upstream, ctx.peer, Self::view(ctx));
         self.rewrite_authorization(upstream)
     }
 

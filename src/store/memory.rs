@@ -1,11 +1,15 @@
-//! The in-process store: one bounded moka cache whose entries expire at their own TTL.
-//! Atomicity comes from moka's per-key `and_compute_with`.
+//! The in-process store: one moka cache whose entries expire at their own TTL.
+//! Atomicity comes from moka's per-key `and_compute_with`. The bound is ours, not moka's: moka's
+//! size eviction would silently drop live nonces and `jti`s, and its `entry_count` lags behind
+//! inserts. A slot is reserved atomically before a new key goes in and given back when moka
+//! removes an entry; a full store refuses (fails closed) instead of evicting.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
@@ -50,6 +54,8 @@ impl Expiry<Key, Entry> for UntilExpiry {
 pub struct MemoryStore {
     cache: Cache<Key, Entry>,
     max_entries: u64,
+    /// Entries stored and not yet removed by moka: never more than `max_entries`.
+    entries: Arc<AtomicU64>,
     outstanding: Arc<AtomicU64>,
 }
 
@@ -57,24 +63,57 @@ impl MemoryStore {
     /// A store holding at most `max_entries` records.
     pub fn new(max_entries: u64) -> MemoryStore {
         let outstanding = Arc::new(AtomicU64::new(0));
-        let counter = outstanding.clone();
+        let entries = Arc::new(AtomicU64::new(0));
+        let (nonces, slots) = (outstanding.clone(), entries.clone());
+        let release = |counter: &AtomicU64| {
+            let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+        };
         let cache = Cache::builder()
-            .max_capacity(max_entries)
             .expire_after(UntilExpiry)
-            .eviction_listener(move |_k, v: Entry, _cause| {
-                // A nonce leaves the cache by consumption (replaced), expiry or eviction.
+            .eviction_listener(move |_k, v: Entry, cause| {
+                // A nonce leaves the cache by consumption (replaced) or expiry.
                 if matches!(v, Entry::Nonce(..)) {
-                    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                        Some(n.saturating_sub(1))
-                    });
+                    release(&nonces);
+                }
+                // A replaced entry keeps its key's slot.
+                if cause != RemovalCause::Replaced {
+                    release(&slots);
                 }
             })
             .build();
         MemoryStore {
             cache,
             max_entries,
+            entries,
             outstanding,
         }
+    }
+
+    /// Reserves room for one new key; `Full` at the bound, after letting moka drop what expired.
+    fn reserve(&self) -> Result<(), StoreError> {
+        let take = || {
+            self.entries
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max_entries).then_some(n + 1)
+                })
+                .is_ok()
+        };
+        if take() {
+            return Ok(());
+        }
+        self.cache.run_pending_tasks();
+        if take() {
+            return Ok(());
+        }
+        // Fail closed at the bound: refusing a new challenge is safe, evicting a live replay
+        // record is not.
+        Err(StoreError::Full)
+    }
+
+    fn unreserve(&self) {
+        self.entries.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -86,14 +125,7 @@ impl ReplayStore for MemoryStore {
         record: NonceRecord,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        // Fail closed at the bound: refusing a new challenge is safe, evicting a live replay
-        // record is not.
-        if self.cache.entry_count() >= self.max_entries {
-            self.cache.run_pending_tasks();
-            if self.cache.entry_count() >= self.max_entries {
-                return Err(StoreError::Full);
-            }
-        }
+        self.reserve()?;
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         self.cache
             .insert(*nonce, Entry::Nonce(Arc::new(record), Instant::now() + ttl));
@@ -133,10 +165,14 @@ impl ReplayStore for MemoryStore {
     }
 
     async fn claim_jti(&self, jti: &Key, ttl: Duration) -> Result<bool, StoreError> {
+        self.reserve()?;
         let entry = self
             .cache
             .entry(*jti)
             .or_insert_with(|| Entry::Jti(Instant::now() + ttl));
+        if !entry.is_fresh() {
+            self.unreserve();
+        }
         Ok(entry.is_fresh())
     }
 
@@ -148,7 +184,12 @@ impl ReplayStore for MemoryStore {
     ) -> Result<Bind, StoreError> {
         let now = Instant::now();
         let mut outcome = Bind::New;
+        // Reserved outside moka's per-key compute (making room runs moka's housekeeping).
+        let reserved = self.reserve().is_ok();
+        let mut used_slot = false;
+        let mut full = false;
         self.cache.entry(*session).and_compute_with(|current| {
+            let absent = current.is_none();
             match current.map(|e| e.into_value()) {
                 Some(Entry::Binding(bound, expires)) if expires > now => {
                     outcome = if bound.as_ref() == jkt {
@@ -158,9 +199,23 @@ impl ReplayStore for MemoryStore {
                     };
                     Op::Nop
                 }
-                _ => Op::Put(Entry::Binding(Arc::from(jkt), now + ttl)),
+                // A new key needs a slot; an expired entry's slot is reused.
+                _ if absent && !reserved => {
+                    full = true;
+                    Op::Nop
+                }
+                _ => {
+                    used_slot = absent;
+                    Op::Put(Entry::Binding(Arc::from(jkt), now + ttl))
+                }
             }
         });
+        if reserved && !used_slot {
+            self.unreserve();
+        }
+        if full {
+            return Err(StoreError::Full);
+        }
         Ok(outcome)
     }
 

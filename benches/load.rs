@@ -1,0 +1,460 @@
+//! The load harness: confirmed actions end to end through the release gateway binary, the
+//! gateway's CPU per action next to the signature verification each action needs, and the memory
+//! store's bytes per entry and behaviour at its bound.
+//!
+//! `cargo bench --bench load` measures (about a minute) and prints Markdown tables. Without
+//! `--bench` (as `cargo test --all-targets` runs it) it does a smoke run of a few requests.
+//! Knobs: `LOAD_SECONDS` (per cell, default 5), `LOAD_CLIENTS` (concurrent clients, default 16),
+//! `MEMORY_ENTRIES` (default 1000000).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use countersign::alg::ProofAlg;
+use countersign::keys::DeviceKey;
+use countersign::store::{self, MemoryStore, NonceRecord, ReplayStore, StoreError, Take};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Linux reports /proc/<pid>/stat times in USER_HZ, which is 100 on every architecture's ABI.
+const USER_HZ: f64 = 100.0;
+
+struct Settings {
+    seconds: u64,
+    clients: usize,
+    memory_entries: u64,
+    workers: &'static [usize],
+    algs: &'static [ProofAlg],
+}
+
+fn main() {
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let settings = if measuring {
+        Settings {
+            seconds: env("LOAD_SECONDS", 5),
+            clients: env("LOAD_CLIENTS", 16) as usize,
+            memory_entries: env("MEMORY_ENTRIES", 1_000_000),
+            workers: &[1, 2],
+            algs: &[ProofAlg::Es256, ProofAlg::EdDsa],
+        }
+    } else {
+        Settings {
+            seconds: 0,
+            clients: 2,
+            memory_entries: 1_000,
+            workers: &[1],
+            algs: &[ProofAlg::EdDsa],
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    runtime.block_on(confirmations(&settings));
+    runtime.block_on(memory(&settings));
+}
+
+/// One measured cell: confirmed actions through a gateway with `workers` threads.
+struct Cell {
+    alg: ProofAlg,
+    workers: usize,
+    actions: u64,
+    seconds: f64,
+    cpu: f64,
+    verify: f64,
+}
+
+async fn confirmations(s: &Settings) {
+    let upstream = upstream().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut cells = Vec::new();
+    for &workers in s.workers {
+        let gateway = Gateway::start(dir.path(), upstream, workers).await;
+        for &alg in s.algs {
+            let verify = raw_verify_seconds(alg, s.seconds > 0);
+            // Warm up connections and the first-use device bindings, then measure.
+            let keys: Vec<DeviceKey> = (0..s.clients)
+                .map(|_| DeviceKey::generate(alg).expect("device key generation works"))
+                .collect();
+            let keys = Arc::new(keys);
+            drive(gateway.addr, &keys, Duration::from_millis(300), 1).await;
+            let before = gateway.cpu_seconds();
+            let started = Instant::now();
+            let actions = drive(gateway.addr, &keys, Duration::from_secs(s.seconds), 2).await;
+            let seconds = started.elapsed().as_secs_f64();
+            let cpu = gateway.cpu_seconds() - before;
+            assert!(actions > 0, "no confirmed action completed");
+            cells.push(Cell {
+                alg,
+                workers,
+                actions,
+                seconds,
+                cpu,
+                verify,
+            });
+        }
+    }
+    println!("## Confirmed actions (challenge → signed retry → forward)\n");
+    println!(
+        "{} concurrent clients, {} s per cell; client signing runs in this process on the same 2 cores.",
+        s.clients, s.seconds
+    );
+    println!("CPU = gateway utime+stime from /proc/<pid>/stat over the run; verify = aws-lc-rs");
+    println!(
+        "`UnparsedPublicKey::verify` of one proof, measured in the same run (one per action).\n"
+    );
+    println!("| alg | gateway threads | actions | actions/s | gateway CPU µs/action | raw verify µs | overhead ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    for c in &cells {
+        let per_action = c.cpu / c.actions as f64;
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.2}× |",
+            c.alg.as_str(),
+            c.workers,
+            c.actions,
+            c.actions as f64 / c.seconds,
+            per_action * 1e6,
+            c.verify * 1e6,
+            per_action / c.verify
+        );
+    }
+    println!();
+}
+
+/// The gateway binary, running with a generated config.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Gateway {
+    async fn start(dir: &Path, upstream: SocketAddr, workers: usize) -> Gateway {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = dir.join(format!("gateway-{workers}.yaml"));
+        let audit = dir.join(format!("audit-{workers}.jsonl"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"listen: "{addr}"
+server: {{ threads: {workers} }}
+upstreams:
+  app: {{ address: "{upstream}" }}
+session: {{ kind: cookie, cookie: sid }}
+confirmation: {{ algs: [ES256, EdDSA] }}
+audit: {{ path: "{}" }}
+routes:
+  - {{ name: delete-user, match: {{ methods: [DELETE], path: "/api/users/{{id}}" }}, upstream: app, risk: high }}
+  - {{ name: default, match: {{ path: "/{{*rest}}" }}, upstream: app, risk: low }}
+"#,
+                audit.display()
+            ),
+        )
+        .expect("the config is written");
+        let child = Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the gateway binary starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "the gateway did not listen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Gateway { child, addr }
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the gateway's /proc/<pid>/stat is readable");
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (ticks(11) + ticks(12)) as f64 / USER_HZ
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal keep-alive upstream answering `200 ok` to everything.
+async fn upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("the upstream binds");
+    let addr = listener.local_addr().expect("the upstream has an address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Runs one client per key for `duration` (at least `min` actions each); returns the number of
+/// confirmed actions completed.
+async fn drive(addr: SocketAddr, keys: &Arc<Vec<DeviceKey>>, duration: Duration, min: u64) -> u64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let tasks: Vec<_> = (0..keys.len())
+        .map(|i| {
+            let keys = keys.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let key = &keys[i];
+                let cookie = format!("bench-session-{i}-{}", key.jkt());
+                let stream = TcpStream::connect(addr).await.expect("connect to gateway");
+                let _ = stream.set_nodelay(true);
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .expect("an HTTP/1.1 connection");
+                tokio::spawn(conn);
+                let mut n = 0u64;
+                while n < min || Instant::now() < deadline {
+                    confirm(&mut sender, addr, key, &cookie, n).await;
+                    n += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a client task finishes");
+    }
+    done.load(Ordering::Relaxed)
+}
+
+/// One confirmed action: the challenge, the signed retry, the forwarded answer.
+async fn confirm(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    key: &DeviceKey,
+    cookie: &str,
+    n: u64,
+) {
+    let path = format!("/api/users/{n}");
+    let htu = format!("http://{addr}{path}");
+    let request = |proof: Option<String>| {
+        let mut b = Request::delete(path.as_str())
+            .header("host", addr.to_string())
+            .header("cookie", format!("sid={cookie}"));
+        if let Some(p) = proof {
+            b = b.header("dpop", p);
+        }
+        b.body(Empty::new()).expect("a valid request")
+    };
+    let challenge = sender
+        .send_request(request(None))
+        .await
+        .expect("the challenge arrives");
+    assert_eq!(challenge.status(), 401, "a fresh action is challenged");
+    let nonce = challenge
+        .headers()
+        .get("dpop-nonce")
+        .and_then(|v| v.to_str().ok())
+        .expect("the challenge carries a DPoP-Nonce")
+        .to_owned();
+    let _ = challenge.into_body().collect().await;
+    let proof = key.proof("DELETE", &htu, Some(&nonce), Some(cookie));
+    let confirmed = sender
+        .send_request(request(Some(proof)))
+        .await
+        .expect("the confirmed answer arrives");
+    assert_eq!(confirmed.status(), 200, "the confirmed action is forwarded");
+    let _ = confirmed.into_body().collect().await;
+}
+
+/// Seconds per `UnparsedPublicKey::verify` of a proof signed by a fresh key (the median of 7
+/// batches when measuring).
+fn raw_verify_seconds(alg: ProofAlg, measuring: bool) -> f64 {
+    let key = DeviceKey::generate(alg).expect("device key generation works");
+    let proof = key.proof(
+        "DELETE",
+        "http://127.0.0.1/api/users/1",
+        Some("n"),
+        Some("c"),
+    );
+    let (input, sig) = proof.rsplit_once('.').expect("a compact JWS");
+    let sig = URL_SAFE_NO_PAD.decode(sig).expect("base64url signature");
+    let jwk = key.public_jwk();
+    let b64 = |name: &str| {
+        URL_SAFE_NO_PAD
+            .decode(jwk[name].as_str().expect("the JWK has this member"))
+            .expect("base64url JWK member")
+    };
+    let (algorithm, public): (&dyn VerificationAlgorithm, Vec<u8>) = match alg {
+        ProofAlg::EdDsa => (&signature::ED25519, b64("x")),
+        _ => {
+            // SEC1 uncompressed point: 0x04 ‖ x ‖ y.
+            let mut point = vec![4];
+            point.extend(b64("x"));
+            point.extend(b64("y"));
+            (&signature::ECDSA_P256_SHA256_FIXED, point)
+        }
+    };
+    let key = UnparsedPublicKey::new(algorithm, public);
+    let (batches, per_batch) = if measuring { (7, 2_000) } else { (1, 10) };
+    let mut times: Vec<f64> = (0..batches)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..per_batch {
+                key.verify(std::hint::black_box(input.as_bytes()), &sig)
+                    .expect("the proof verifies");
+            }
+            started.elapsed().as_secs_f64() / per_batch as f64
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+async fn memory(s: &Settings) {
+    let n = s.memory_entries;
+    let ttl = Duration::from_secs(600);
+    let device = DeviceKey::generate(ProofAlg::EdDsa)
+        .expect("device key generation works")
+        .jkt();
+    let nonce_key = |i: u64| store::key("nonce", &[&i.to_be_bytes()]);
+    let jti_key = |i: u64| store::key("jti", &[&i.to_be_bytes()]);
+
+    // Bytes per entry: RSS growth while one store holds n outstanding nonces, then n jti.
+    let memory = MemoryStore::new(2 * n + 1);
+    let base = rss_bytes();
+    for i in 0..n {
+        let record = NonceRecord {
+            action: nonce_key(i),
+            device: Some(device.clone()),
+            chain: None,
+        };
+        memory
+            .put_nonce(&nonce_key(i), record, ttl)
+            .await
+            .expect("below the bound a nonce is stored");
+    }
+    let with_nonces = rss_bytes();
+    for i in 0..n {
+        assert!(memory
+            .claim_jti(&jti_key(i), ttl)
+            .await
+            .expect("jti stored"));
+    }
+    let with_jti = rss_bytes();
+    let outstanding = memory.outstanding_nonces();
+    drop(memory);
+
+    // The bound: at max_entries a new nonce is refused and every stored one is still there.
+    let bound = n.min(100_000);
+    let bounded = MemoryStore::new(bound);
+    for i in 0..bound {
+        let record = NonceRecord {
+            action: nonce_key(i),
+            device: None,
+            chain: None,
+        };
+        bounded
+            .put_nonce(&nonce_key(i), record, ttl)
+            .await
+            .expect("below the bound a nonce is stored");
+    }
+    let refused = matches!(
+        bounded
+            .put_nonce(
+                &nonce_key(bound),
+                NonceRecord {
+                    action: [0; 32],
+                    device: None,
+                    chain: None
+                },
+                ttl
+            )
+            .await,
+        Err(StoreError::Full)
+    );
+    let mut kept = 0u64;
+    for i in 0..bound {
+        if let Ok(Take::Consumed(_)) = bounded.take_nonce(&nonce_key(i), &nonce_key(i), "").await {
+            kept += 1;
+        }
+    }
+
+    println!("## Memory store\n");
+    println!("| entries | RSS growth | bytes per entry |");
+    println!("|---|---|---|");
+    let per = |delta: u64| delta as f64 / n as f64;
+    let nonces = with_nonces.saturating_sub(base);
+    let jtis = with_jti.saturating_sub(with_nonces);
+    println!(
+        "| {n} outstanding nonces (device bound, {outstanding} counted) | {:.1} MiB | {:.0} |",
+        nonces as f64 / 1048576.0,
+        per(nonces)
+    );
+    println!(
+        "| {n} jti | {:.1} MiB | {:.0} |",
+        jtis as f64 / 1048576.0,
+        per(jtis)
+    );
+    println!();
+    println!(
+        "At the bound ({bound} entries): a new nonce refused with `StoreError::Full`: {}; \
+         stored nonces still consumable: {kept} of {bound}.\n",
+        if refused { "yes" } else { "NO" }
+    );
+    assert!(refused, "a full store must refuse new nonces");
+    assert_eq!(
+        kept, bound,
+        "a full store must not evict outstanding nonces"
+    );
+}
