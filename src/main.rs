@@ -211,9 +211,15 @@ fn init_logs(format: LogConfig) {
     let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Pingora logs whole request heads (cookies, Authorization, DPoP) at debug and trace: never
     // let those levels of its crates through, whatever RUST_LOG asks for.
+    // The hint lets the `log` bridge drop Pingora's debug and trace records before they are
+    // built, instead of building each one only to filter it out.
+    let hint = wanted
+        .max_level_hint()
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
     let no_header_dumps = filter_fn(|meta| {
         !(meta.target().starts_with("pingora") && *meta.level() > tracing::Level::INFO)
-    });
+    })
+    .with_max_level_hint(hint);
     let filter = wanted.and(no_header_dumps);
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
