@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::{send, Gateway, Reply, Upstream};
+use support::{one_winner, race, send, Gateway, Reply, Upstream};
 
 /// The session credential (cookie value) of most tests.
 const SID: &str = "alice-session-0f9a8c7e";
@@ -1551,35 +1551,12 @@ async fn of_32_concurrent_identical_retries_exactly_one_is_forwarded() {
     let key = es256();
     let nonce = w.challenge(SID).await;
     let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let cookie = cookie(SID);
-    let tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let (url, cookie, proof) = (w.url.clone(), cookie.clone(), proof.clone());
-            tokio::spawn(async move {
-                send(
-                    &url,
-                    "DELETE",
-                    &[("cookie", &cookie), ("dpop", &proof)],
-                    Bytes::new(),
-                )
-                .await
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for task in tasks {
-        let r = task.await.expect("request task");
-        if r.status != 200 {
-            assert_eq!(r.status, 401, "{}", text(&r));
-            assert_eq!(r.dpop_error().as_deref(), Some("use_dpop_nonce"));
-        }
-        statuses.push(r.status);
-    }
-    assert_eq!(
-        statuses.iter().filter(|&&s| s == 200).count(),
-        1,
-        "{statuses:?}"
-    );
+    let headers = vec![
+        ("cookie".to_string(), cookie(SID)),
+        ("dpop".to_string(), proof),
+    ];
+    let replies = race("DELETE", vec![(w.url.clone(), headers); 32]).await;
+    one_winner(replies);
     assert_eq!(w.seen(), 1, "the upstream saw exactly one");
     let audit = w.gw.audit();
     assert_eq!(audit.iter().filter(|a| a["event"] == "accepted").count(), 1);

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use countersign::alg::ProofAlg;
 use countersign::keys::DeviceKey;
 use redis_support::RedisServer;
-use support::{send, Gateway, Reply, Upstream};
+use support::{one_winner, race, send, Gateway, Reply, Upstream};
 
 /// The origin both replicas are reached at, so a proof's `htu` fits either.
 const ORIGIN: &str = "http://admin.example.test";
@@ -180,37 +180,17 @@ async fn of_32_identical_retries_across_both_replicas_exactly_one_is_forwarded()
     let r = Replicas::start(&redis).await;
     let key = es256();
     let raced = proof(&key, &challenge(&r.a).await);
-    let tasks: Vec<_> = (0..32)
+    let headers = vec![
+        ("cookie".to_string(), format!("sid={SID}")),
+        ("dpop".to_string(), raced),
+    ];
+    let requests = (0..32)
         .map(|i| {
             let base = if i % 2 == 0 { &r.a.base } else { &r.b.base };
-            let url = format!("{base}{TARGET}");
-            let proof = raced.clone();
-            tokio::spawn(async move {
-                let cookie = format!("sid={SID}");
-                send(
-                    &url,
-                    "DELETE",
-                    &[("cookie", &cookie), ("dpop", &proof)],
-                    Bytes::new(),
-                )
-                .await
-            })
+            (format!("{base}{TARGET}"), headers.clone())
         })
         .collect();
-    let mut statuses = Vec::new();
-    for task in tasks {
-        let reply = task.await.expect("request task");
-        if reply.status != 200 {
-            assert_eq!(reply.status, 401, "{}", text(&reply));
-            assert_eq!(reply.dpop_error().as_deref(), Some("use_dpop_nonce"));
-        }
-        statuses.push(reply.status);
-    }
-    assert_eq!(
-        statuses.iter().filter(|&&s| s == 200).count(),
-        1,
-        "{statuses:?}"
-    );
+    one_winner(race("DELETE", requests).await);
     assert_eq!(r.seen(), 1, "the upstream saw exactly one");
     let replays = [&r.a, &r.b]
         .iter()

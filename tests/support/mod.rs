@@ -301,3 +301,39 @@ pub async fn send(url: &str, method: &str, headers: &[(&str, &str)], body: Bytes
         body,
     }
 }
+
+/// Sends one request per `(url, headers)` pair, all at once; the replies in the same order.
+pub async fn race(method: &str, requests: Vec<(String, Vec<(String, String)>)>) -> Vec<Reply> {
+    let method = method.to_string();
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(url, headers)| {
+            let method = method.clone();
+            tokio::spawn(async move {
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                send(&url, &method, &headers, Bytes::new()).await
+            })
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        replies.push(task.await.expect("request task"));
+    }
+    replies
+}
+
+/// Asserts that exactly one reply is a 200 and every other a `use_dpop_nonce` 401; returns
+/// the winner and the losers.
+pub fn one_winner(replies: Vec<Reply>) -> (Reply, Vec<Reply>) {
+    let (mut won, lost): (Vec<_>, Vec<_>) = replies.into_iter().partition(|r| r.status == 200);
+    let statuses: Vec<u16> = lost.iter().map(|r| r.status).collect();
+    assert_eq!(won.len(), 1, "exactly one wins; the others: {statuses:?}");
+    for r in &lost {
+        assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.dpop_error().as_deref(), Some("use_dpop_nonce"));
+    }
+    (won.remove(0), lost)
+}
