@@ -6,6 +6,7 @@
 
 #[path = "support/redis.rs"]
 mod redis_support;
+mod support;
 
 use std::future::Future;
 use std::pin::Pin;

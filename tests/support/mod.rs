@@ -2,6 +2,7 @@
 //! gateway in-process in front of it, a plain HTTP/1.1 client, and the audit log it wrote.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -156,12 +157,24 @@ pub struct Gateway {
     _dir: tempfile::TempDir,
 }
 
-/// A free loopback port.
+/// A free loopback port for a server a test starts. It lies below the kernel's ephemeral range,
+/// so no client connection of the tests can take it as its source port before the server binds
+/// it, and it is never handed out twice in one process.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(ephemeral_start / 2);
+    loop {
+        let port = rand::random_range(low..ephemeral_start);
+        let mut handed_out = HANDED_OUT.lock().expect("port registry lock");
+        if !handed_out.contains(&port) && StdListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
 }
 
 impl Gateway {
@@ -184,10 +197,12 @@ impl Gateway {
         let config = countersign::config::parse(&yaml, Path::new("test.yaml"))
             .expect("test config is valid");
         let running = server::assemble(config).expect("gateway assembles").spawn();
-        for _ in 0..400 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                break;
-            }
+        let started = std::time::Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the gateway did not start listening on port {port}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Gateway {

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+
+use crate::support::free_port;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -269,13 +271,6 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// A free port whose cluster bus port (port + 10000) is free too.
