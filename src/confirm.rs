@@ -111,7 +111,7 @@ impl Confirmer {
     /// Binds a rotated session id to the device that confirmed the request whose response
     /// rotated it.
     pub async fn carry_binding(&self, session_id: &str, jkt: &str) -> Result<(), Reason> {
-        let key = store::key("binding", &[session_id.as_bytes()]);
+        let key = binding_key(session_id);
         match self.store_call(self.store.bind_device(&key, jkt, self.binding_ttl).await) {
             Ok(Bind::New | Bind::Same) => Ok(()),
             Ok(Bind::Other) => Err(Reason::DeviceMismatch),
@@ -197,7 +197,7 @@ impl Confirmer {
         if !bool::from(proof.ath.as_bytes().ct_eq(session.ath.as_bytes())) {
             return Err(fail(Reason::SessionMismatch));
         }
-        let session_key = binding_key(session);
+        let session_key = binding_key(&session.id);
         let bound = match &session.cnf_jkt {
             Some(jkt) => Some(jkt.clone()),
             None => self.store_call(self.store.device(&session_key).await)?,
@@ -247,7 +247,7 @@ impl Confirmer {
         let device = match &session.cnf_jkt {
             Some(jkt) => Some(jkt.clone()),
             None => self
-                .store_call(self.store.device(&binding_key(session)).await)
+                .store_call(self.store.device(&binding_key(&session.id)).await)
                 .map_err(Refusal::reason)?,
         };
         self.issue(
@@ -332,8 +332,9 @@ fn rejected(reason: Reason, device: Option<String>, challenge: Option<Challenge>
     }
 }
 
-fn binding_key(session: &Session) -> store::Key {
-    store::key("binding", &[session.id.as_bytes()])
+/// The store key of a session's device binding.
+fn binding_key(session_id: &str) -> store::Key {
+    store::key("binding", &[session_id.as_bytes()])
 }
 
 fn unix_now() -> i64 {
