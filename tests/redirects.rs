@@ -25,13 +25,10 @@ use countersign::keys::DeviceKey;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::{one_winner, race, send, Gateway, Reply};
-use tokio::net::TcpListener;
 
 /// The session credential (cookie value) of most tests.
 const SID: &str = "alice-session-7c1d0e9b";
@@ -136,25 +133,9 @@ struct Legacy {
 
 impl Legacy {
     async fn start() -> Legacy {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let addr = listener.local_addr().expect("upstream addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let record = record.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        legacy_app(req, addr, record.clone())
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let addr = support::serve(move |req, addr| legacy_app(req, addr, record.clone())).await;
         Legacy { addr, seen }
     }
 

@@ -42,24 +42,9 @@ impl Upstream {
     /// Starts one on the current runtime. Paths: `/redirect/...` → 303 to its own origin,
     /// `/slow[/MS]` → answers after MS (default 3000) ms, `/download/N` → N bytes streamed, else 200 JSON.
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let addr = listener.local_addr().expect("upstream addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let record = record.clone();
-                tokio::spawn(async move {
-                    let svc =
-                        service_fn(move |req: Request<Incoming>| handle(req, addr, record.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let addr = serve(move |req, addr| handle(req, addr, record.clone())).await;
         Upstream { addr, seen }
     }
 
@@ -67,6 +52,33 @@ impl Upstream {
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("upstream record lock").clone()
     }
+}
+
+/// Serves HTTP/1 on a fresh loopback port, each request answered by `app(request, own address)`;
+/// returns the address. Runs until the test's runtime ends.
+pub async fn serve<F, Fut, B>(app: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| app(req, addr));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
