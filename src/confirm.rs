@@ -214,7 +214,7 @@ impl Confirmer {
                 .await,
         )?;
         let chain = match taken {
-            Take::Consumed(record) => record.chain,
+            Take::Consumed(chain) => chain,
             Take::Unknown => return Err(fail(Reason::NonceExpired)),
             Take::Used => return Err(fail(Reason::NonceReplay)),
             Take::Mismatch => return Err(fail(Reason::ActionMismatch)),

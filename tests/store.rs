@@ -101,7 +101,10 @@ async fn a_nonce_is_consumed_once_then_reported_used(s: Store) {
     let (nonce, act) = (key(), action());
     let rec = record(act, Some("jkt-A"), None);
     put(&s, &nonce, &rec, LONG).await;
-    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Consumed(rec));
+    assert_eq!(
+        take(&s, &nonce, &act, "jkt-A").await,
+        Take::Consumed(rec.chain)
+    );
     assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Used);
     assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Used);
 }
@@ -122,7 +125,7 @@ async fn records_round_trip_with_and_without_device_and_chain(s: Store) {
         let device = rec.device.clone().unwrap_or_else(|| "any".to_string());
         assert_eq!(
             take(&s, &nonce, &rec.action, &device).await,
-            Take::Consumed(rec)
+            Take::Consumed(rec.chain)
         );
     }
 }
@@ -134,7 +137,10 @@ async fn a_mismatching_presenter_does_not_burn_the_nonce(s: Store) {
     assert_eq!(take(&s, &nonce, &action(), "jkt-A").await, Take::Mismatch);
     assert_eq!(take(&s, &nonce, &act, "jkt-B").await, Take::Mismatch);
     assert_eq!(take(&s, &nonce, &act, "").await, Take::Mismatch);
-    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Consumed(rec));
+    assert_eq!(
+        take(&s, &nonce, &act, "jkt-A").await,
+        Take::Consumed(rec.chain)
+    );
     // Once used, a mismatching presenter learns it is used, like anyone else.
     assert_eq!(take(&s, &nonce, &act, "jkt-B").await, Take::Used);
 }
@@ -143,7 +149,10 @@ async fn a_nonce_issued_before_binding_accepts_any_device(s: Store) {
     let (nonce, act) = (key(), action());
     let rec = record(act, None, None);
     put(&s, &nonce, &rec, LONG).await;
-    assert_eq!(take(&s, &nonce, &act, "jkt-Z").await, Take::Consumed(rec));
+    assert_eq!(
+        take(&s, &nonce, &act, "jkt-Z").await,
+        Take::Consumed(rec.chain)
+    );
     assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Used);
 }
 
@@ -160,7 +169,10 @@ async fn a_tombstone_lasts_as_long_as_the_nonce_would_have(s: Store) {
     let (nonce, act) = (key(), action());
     let rec = record(act, None, None);
     put(&s, &nonce, &rec, Duration::from_millis(500)).await;
-    assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Consumed(rec));
+    assert_eq!(
+        take(&s, &nonce, &act, "jkt-A").await,
+        Take::Consumed(rec.chain)
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Used);
     tokio::time::sleep(Duration::from_millis(650)).await;

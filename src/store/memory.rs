@@ -1,97 +1,192 @@
-//! The in-process store: one moka cache whose entries expire at their own TTL.
-//! Atomicity comes from moka's per-key `and_compute_with`. The bound is ours, not moka's: moka's
-//! size eviction would silently drop live nonces and `jti`s, and its `entry_count` lags behind
-//! inserts. A slot is reserved atomically before a new key goes in and given back when moka
-//! removes an entry; a full store refuses (fails closed) instead of evicting.
+//! The in-process store: the keys spread over `SHARDS` mutex-guarded hash maps whose values are
+//! compact (an expiry in milliseconds, a 32-byte digest of who may consume a nonce), so that an
+//! outstanding nonce costs well under 256 bytes. Each operation is one critical section on one
+//! shard, which makes it atomic.
+//!
+//! The bound is exact: a slot is reserved before a new key goes in and released when the key
+//! leaves. A full store refuses (fails closed); it never evicts a live nonce, `jti` or binding.
+//! Expired entries stay until their shard is swept: when the shard is touched at least a second
+//! after its last sweep and something in it has expired, or, when the store is full, every shard
+//! holding expired entries (at most every 100 ms, so a flood at the bound cannot turn each refusal
+//! into a scan of the whole store).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use moka::notification::RemovalCause;
-use moka::ops::compute::Op;
-use moka::sync::Cache;
-use moka::Expiry;
+use subtle::ConstantTimeEq;
 
-use super::{Bind, Key, NonceRecord, ReplayStore, StoreError, Take};
+use super::{Bind, Chain, Key, NonceRecord, ReplayStore, StoreError, Take};
 
-#[derive(Clone)]
-enum Entry {
-    Nonce(Arc<NonceRecord>, Instant),
-    Used(Instant),
-    Jti(Instant),
-    Binding(Arc<str>, Instant),
+const SHARDS: usize = 64;
+/// How often a shard in use is swept of expired entries.
+const SWEEP_EVERY_MS: u64 = 1_000;
+/// How often a full store looks for expired entries to make room.
+const SWEEP_WHEN_FULL_EVERY_MS: u64 = 100;
+
+/// Milliseconds since the store was created.
+type Millis = u64;
+
+struct Nonce {
+    /// Digest of the action and, when the session was bound, the device: see `presenter`.
+    presenter: Key,
+    expires: Millis,
+    chain: Option<Box<Chain>>,
+    state: State,
 }
 
-impl Entry {
-    fn expires(&self) -> Instant {
-        match self {
-            Entry::Nonce(_, t) | Entry::Used(t) | Entry::Jti(t) | Entry::Binding(_, t) => *t,
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Issued to a bound session: only its device may consume it.
+    Bound,
+    /// Issued before the session was bound: any device presenting the action may consume it.
+    AnyDevice,
+    /// Consumed; kept until it would have expired so a replay reads as used.
+    Used,
+}
+
+struct Binding {
+    jkt: Box<str>,
+    expires: Millis,
+}
+
+#[derive(Default)]
+struct Shard {
+    nonces: HashMap<Key, Nonce>,
+    jtis: HashMap<Key, Millis>,
+    bindings: HashMap<Key, Binding>,
+    /// The earliest expiry of anything in the shard (a lower bound between sweeps).
+    next_expiry: Millis,
+    swept: Millis,
+}
+
+/// What one sweep removed.
+struct Swept {
+    entries: u64,
+    open_nonces: u64,
+}
+
+impl Shard {
+    fn note_expiry(&mut self, expires: Millis) {
+        self.next_expiry = self.next_expiry.min(expires);
+    }
+
+    /// Removes every expired entry when one may have expired and the last sweep is `every` ago.
+    fn sweep(&mut self, now: Millis, every: Millis) -> Swept {
+        let mut swept = Swept {
+            entries: 0,
+            open_nonces: 0,
+        };
+        if now < self.next_expiry || now < self.swept + every {
+            return swept;
         }
+        self.swept = now;
+        let mut next = Millis::MAX;
+        let mut live = |expires: Millis| {
+            let keep = expires > now;
+            if keep {
+                next = next.min(expires);
+            } else {
+                swept.entries += 1;
+            }
+            keep
+        };
+        self.nonces.retain(|_, n| {
+            let keep = live(n.expires);
+            if !keep && n.state != State::Used {
+                swept.open_nonces += 1;
+            }
+            keep
+        });
+        self.jtis.retain(|_, expires| live(*expires));
+        self.bindings.retain(|_, b| live(b.expires));
+        self.next_expiry = next;
+        shrink(&mut self.nonces);
+        shrink(&mut self.jtis);
+        shrink(&mut self.bindings);
+        swept
     }
 }
 
-struct UntilExpiry;
-
-impl Expiry<Key, Entry> for UntilExpiry {
-    fn expire_after_create(&self, _: &Key, v: &Entry, _: Instant) -> Option<Duration> {
-        Some(v.expires().saturating_duration_since(Instant::now()))
+/// Gives memory back after a flood has drained.
+fn shrink<V>(map: &mut HashMap<Key, V>) {
+    if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
+}
 
-    fn expire_after_update(
-        &self,
-        _: &Key,
-        v: &Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(v.expires().saturating_duration_since(Instant::now()))
+/// Who may consume a nonce: the action, and the device when the session was bound at issue.
+fn presenter(action: &[u8; 32], device: Option<&str>) -> Key {
+    match device {
+        Some(device) => super::key("presenter", &[action, device.as_bytes()]),
+        None => super::key("presenter-any", &[action]),
     }
 }
 
 /// Bounded in-memory store (`store.kind: memory`).
 pub struct MemoryStore {
-    cache: Cache<Key, Entry>,
+    shards: Box<[Mutex<Shard>]>,
+    epoch: Instant,
     max_entries: u64,
-    /// Entries stored and not yet removed by moka: never more than `max_entries`.
-    entries: Arc<AtomicU64>,
-    outstanding: Arc<AtomicU64>,
+    /// Keys held (live or expired and not yet swept): never more than `max_entries`.
+    entries: AtomicU64,
+    /// Nonces held and not consumed (expired ones until their shard is swept).
+    outstanding: AtomicU64,
+    swept_when_full: AtomicU64,
 }
 
 impl MemoryStore {
     /// A store holding at most `max_entries` records.
     pub fn new(max_entries: u64) -> MemoryStore {
-        let outstanding = Arc::new(AtomicU64::new(0));
-        let entries = Arc::new(AtomicU64::new(0));
-        let (nonces, slots) = (outstanding.clone(), entries.clone());
-        let release = |counter: &AtomicU64| {
-            let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
-        };
-        let cache = Cache::builder()
-            .expire_after(UntilExpiry)
-            .eviction_listener(move |_k, v: Entry, cause| {
-                // A nonce leaves the cache by consumption (replaced) or expiry.
-                if matches!(v, Entry::Nonce(..)) {
-                    release(&nonces);
-                }
-                // A replaced entry keeps its key's slot.
-                if cause != RemovalCause::Replaced {
-                    release(&slots);
-                }
-            })
-            .build();
         MemoryStore {
-            cache,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            epoch: Instant::now(),
             max_entries,
-            entries,
-            outstanding,
+            entries: AtomicU64::new(0),
+            outstanding: AtomicU64::new(0),
+            swept_when_full: AtomicU64::new(0),
         }
     }
 
-    /// Reserves room for one new key; `Full` at the bound, after letting moka drop what expired.
+    fn now(&self) -> Millis {
+        self.epoch.elapsed().as_millis() as Millis
+    }
+
+    fn expiry(&self, now: Millis, ttl: Duration) -> Millis {
+        now.saturating_add(ttl.as_millis() as Millis)
+    }
+
+    /// The key's shard, locked and swept if it is due.
+    fn shard(&self, key: &Key, now: Millis) -> MutexGuard<'_, Shard> {
+        // Keys are SHA-256 digests: any byte spreads them evenly.
+        self.lock_swept(&self.shards[key[0] as usize % SHARDS], now, SWEEP_EVERY_MS)
+    }
+
+    fn lock_swept<'a>(
+        &self,
+        shard: &'a Mutex<Shard>,
+        now: Millis,
+        every: Millis,
+    ) -> MutexGuard<'a, Shard> {
+        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let swept = shard.sweep(now, every);
+        self.entries.fetch_sub(swept.entries, Ordering::AcqRel);
+        self.outstanding
+            .fetch_sub(swept.open_nonces, Ordering::Relaxed);
+        shard
+    }
+
+    fn sweep_all(&self, every: Millis) {
+        let now = self.now();
+        for shard in self.shards.iter() {
+            drop(self.lock_swept(shard, now, every));
+        }
+    }
+
+    /// Reserves room for one new key; `Full` at the bound, after making room from expired ones.
+    /// Called with no shard locked.
     fn reserve(&self) -> Result<(), StoreError> {
         let take = || {
             self.entries
@@ -103,9 +198,18 @@ impl MemoryStore {
         if take() {
             return Ok(());
         }
-        self.cache.run_pending_tasks();
-        if take() {
-            return Ok(());
+        let now = self.now();
+        let last = self.swept_when_full.load(Ordering::Acquire);
+        if now >= last + SWEEP_WHEN_FULL_EVERY_MS
+            && self
+                .swept_when_full
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.sweep_all(SWEEP_WHEN_FULL_EVERY_MS);
+            if take() {
+                return Ok(());
+            }
         }
         // Fail closed at the bound: refusing a new challenge is safe, evicting a live replay
         // record is not.
@@ -126,9 +230,27 @@ impl ReplayStore for MemoryStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         self.reserve()?;
+        let now = self.now();
+        let expires = self.expiry(now, ttl);
+        let entry = Nonce {
+            presenter: presenter(&record.action, record.device.as_deref()),
+            expires,
+            chain: record.chain.map(Box::new),
+            state: match record.device {
+                Some(_) => State::Bound,
+                None => State::AnyDevice,
+            },
+        };
         self.outstanding.fetch_add(1, Ordering::Relaxed);
-        self.cache
-            .insert(*nonce, Entry::Nonce(Arc::new(record), Instant::now() + ttl));
+        let mut shard = self.shard(nonce, now);
+        shard.note_expiry(expires);
+        if let Some(old) = shard.nonces.insert(*nonce, entry) {
+            // The key already had its slot.
+            self.unreserve();
+            if old.state != State::Used {
+                self.outstanding.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         Ok(())
     }
 
@@ -138,42 +260,51 @@ impl ReplayStore for MemoryStore {
         action: &[u8; 32],
         device: &str,
     ) -> Result<Take, StoreError> {
-        let now = Instant::now();
-        let mut outcome = Take::Unknown;
-        self.cache.entry(*nonce).and_compute_with(|current| {
-            let Some(current) = current else {
-                return Op::Nop;
-            };
-            match current.into_value() {
-                Entry::Nonce(record, expires) if expires > now => {
-                    if record.matches(action, device) {
-                        outcome = Take::Consumed((*record).clone());
-                        Op::Put(Entry::Used(expires))
-                    } else {
-                        outcome = Take::Mismatch;
-                        Op::Nop
-                    }
-                }
-                Entry::Used(expires) if expires > now => {
-                    outcome = Take::Used;
-                    Op::Nop
-                }
-                _ => Op::Nop,
-            }
-        });
-        Ok(outcome)
+        let now = self.now();
+        let mut shard = self.shard(nonce, now);
+        let Some(entry) = shard.nonces.get_mut(nonce).filter(|n| n.expires > now) else {
+            return Ok(Take::Unknown);
+        };
+        let expected = match entry.state {
+            State::Used => return Ok(Take::Used),
+            State::Bound => presenter(action, Some(device)),
+            State::AnyDevice => presenter(action, None),
+        };
+        if !bool::from(entry.presenter.ct_eq(&expected)) {
+            return Ok(Take::Mismatch);
+        }
+        entry.state = State::Used;
+        let chain = entry.chain.take().map(|chain| *chain);
+        drop(shard);
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+        Ok(Take::Consumed(chain))
     }
 
     async fn claim_jti(&self, jti: &Key, ttl: Duration) -> Result<bool, StoreError> {
+        // Reserved before locking: making room sweeps every shard.
         self.reserve()?;
-        let entry = self
-            .cache
-            .entry(*jti)
-            .or_insert_with(|| Entry::Jti(Instant::now() + ttl));
-        if !entry.is_fresh() {
+        let now = self.now();
+        let expires = self.expiry(now, ttl);
+        let mut shard = self.shard(jti, now);
+        let claimed = match shard.jtis.get_mut(jti) {
+            Some(held) if *held > now => false,
+            Some(held) => {
+                // Expired and not yet swept: reuse its slot.
+                *held = expires;
+                self.unreserve();
+                true
+            }
+            None => {
+                shard.jtis.insert(*jti, expires);
+                true
+            }
+        };
+        if claimed {
+            shard.note_expiry(expires);
+        } else {
             self.unreserve();
         }
-        Ok(entry.is_fresh())
+        Ok(claimed)
     }
 
     async fn bind_device(
@@ -182,51 +313,57 @@ impl ReplayStore for MemoryStore {
         jkt: &str,
         ttl: Duration,
     ) -> Result<Bind, StoreError> {
-        let now = Instant::now();
-        let mut outcome = Bind::New;
-        // Reserved outside moka's per-key compute (making room runs moka's housekeeping).
         let reserved = self.reserve().is_ok();
-        let mut used_slot = false;
-        let mut full = false;
-        self.cache.entry(*session).and_compute_with(|current| {
-            let absent = current.is_none();
-            match current.map(|e| e.into_value()) {
-                Some(Entry::Binding(bound, expires)) if expires > now => {
-                    outcome = if bound.as_ref() == jkt {
-                        Bind::Same
-                    } else {
-                        Bind::Other
-                    };
-                    Op::Nop
-                }
-                // A new key needs a slot; an expired entry's slot is reused.
-                _ if absent && !reserved => {
-                    full = true;
-                    Op::Nop
-                }
-                _ => {
-                    used_slot = absent;
-                    Op::Put(Entry::Binding(Arc::from(jkt), now + ttl))
-                }
+        let now = self.now();
+        let expires = self.expiry(now, ttl);
+        let mut shard = self.shard(session, now);
+        let (outcome, used_slot) = match shard.bindings.get_mut(session) {
+            Some(bound) if bound.expires > now => {
+                let same = bound.jkt.as_bytes().ct_eq(jkt.as_bytes());
+                (
+                    Ok(if same.into() { Bind::Same } else { Bind::Other }),
+                    false,
+                )
             }
-        });
+            Some(expired) => {
+                *expired = Binding {
+                    jkt: jkt.into(),
+                    expires,
+                };
+                (Ok(Bind::New), false)
+            }
+            None if reserved => {
+                let binding = Binding {
+                    jkt: jkt.into(),
+                    expires,
+                };
+                shard.bindings.insert(*session, binding);
+                (Ok(Bind::New), true)
+            }
+            None => (Err(StoreError::Full), false),
+        };
+        if matches!(outcome, Ok(Bind::New)) {
+            shard.note_expiry(expires);
+        }
+        drop(shard);
         if reserved && !used_slot {
             self.unreserve();
         }
-        if full {
-            return Err(StoreError::Full);
-        }
-        Ok(outcome)
+        outcome
     }
 
     async fn device(&self, session: &Key) -> Result<Option<String>, StoreError> {
-        Ok(match self.cache.get(session) {
-            Some(Entry::Binding(jkt, expires)) if expires > Instant::now() => Some(jkt.to_string()),
-            _ => None,
-        })
+        let now = self.now();
+        let shard = self.shard(session, now);
+        Ok(shard
+            .bindings
+            .get(session)
+            .filter(|b| b.expires > now)
+            .map(|b| b.jkt.to_string()))
     }
 
     fn outstanding_nonces(&self) -> u64 {
+        self.sweep_all(SWEEP_EVERY_MS);
         self.outstanding.load(Ordering::Relaxed)
     }
 
@@ -236,5 +373,91 @@ impl ReplayStore for MemoryStore {
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn record(i: u64) -> NonceRecord {
+        NonceRecord {
+            action: super::super::key("action", &[&i.to_be_bytes()]),
+            device: Some("jkt".to_string()),
+            chain: None,
+        }
+    }
+
+    fn nonce(i: u64) -> Key {
+        super::super::key("nonce", &[&i.to_be_bytes()])
+    }
+
+    #[tokio::test]
+    async fn a_full_store_refuses_and_evicts_nothing() {
+        let store = MemoryStore::new(100);
+        for i in 0..100 {
+            store.put_nonce(&nonce(i), record(i), MINUTE).await.unwrap();
+        }
+        let refused = store.put_nonce(&nonce(100), record(100), MINUTE).await;
+        assert!(matches!(refused, Err(StoreError::Full)));
+        assert!(matches!(
+            store.claim_jti(&nonce(101), MINUTE).await,
+            Err(StoreError::Full)
+        ));
+        assert!(matches!(
+            store.bind_device(&nonce(102), "jkt", MINUTE).await,
+            Err(StoreError::Full)
+        ));
+        assert_eq!(store.outstanding_nonces(), 100);
+        for i in 0..100 {
+            let taken = store.take_nonce(&nonce(i), &record(i).action, "jkt").await;
+            assert_eq!(taken.unwrap(), Take::Consumed(None), "nonce {i}");
+        }
+        assert_eq!(store.outstanding_nonces(), 0);
+        // Consumed nonces keep their slot as tombstones until they expire.
+        let refused = store.put_nonce(&nonce(100), record(100), MINUTE).await;
+        assert!(matches!(refused, Err(StoreError::Full)));
+    }
+
+    #[tokio::test]
+    async fn expired_entries_give_their_slots_back() {
+        let store = MemoryStore::new(10);
+        let short = Duration::from_millis(50);
+        for i in 0..10 {
+            store.put_nonce(&nonce(i), record(i), short).await.unwrap();
+        }
+        assert!(store
+            .put_nonce(&nonce(10), record(10), short)
+            .await
+            .is_err());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for i in 10..20 {
+            store.put_nonce(&nonce(i), record(i), MINUTE).await.unwrap();
+        }
+        assert_eq!(store.entries.load(Ordering::Relaxed), 10);
+        assert_eq!(store.outstanding.load(Ordering::Relaxed), 10);
+    }
+
+    #[tokio::test]
+    async fn repeated_claims_and_bindings_take_one_slot() {
+        let store = MemoryStore::new(3);
+        assert!(store.claim_jti(&nonce(1), MINUTE).await.unwrap());
+        assert!(!store.claim_jti(&nonce(1), MINUTE).await.unwrap());
+        let session = nonce(2);
+        assert_eq!(
+            store.bind_device(&session, "a", MINUTE).await.unwrap(),
+            Bind::New
+        );
+        assert_eq!(
+            store.bind_device(&session, "a", MINUTE).await.unwrap(),
+            Bind::Same
+        );
+        assert_eq!(
+            store.bind_device(&session, "b", MINUTE).await.unwrap(),
+            Bind::Other
+        );
+        assert_eq!(store.entries.load(Ordering::Relaxed), 2);
     }
 }

@@ -48,24 +48,11 @@ pub struct Chain {
     pub parent: String,
 }
 
-impl NonceRecord {
-    /// Whether a presenter of `action` with key `device` may consume this nonce (constant time).
-    pub fn matches(&self, action: &[u8; 32], device: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        let action_ok: bool = self.action.ct_eq(action).into();
-        let device_ok = match &self.device {
-            Some(bound) => bool::from(bound.as_bytes().ct_eq(device.as_bytes())),
-            None => true,
-        };
-        action_ok & device_ok
-    }
-}
-
 /// The outcome of trying to consume a nonce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Take {
-    /// Consumed now: this caller is the one winner.
-    Consumed(NonceRecord),
+    /// Consumed now: this caller is the one winner. Carries the nonce's chain, if any.
+    Consumed(Option<Chain>),
     /// Never issued, or expired.
     Unknown,
     /// Already consumed.

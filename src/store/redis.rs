@@ -59,20 +59,20 @@ return 1
 });
 
 /// Consumes a nonce in one step: `KEYS[1]` the nonce, `ARGV[1]` the presented action (hex),
-/// `ARGV[2]` the presenting device. Answers `{outcome, device, root, parent}` with outcome
-/// 0 unknown, 1 consumed, 2 used, 3 mismatch, and each value `=`-prefixed, or empty when absent.
+/// `ARGV[2]` the presenting device. Answers `{outcome, root, parent}` with outcome 0 unknown,
+/// 1 consumed, 2 used, 3 mismatch, and each value `=`-prefixed, or empty when absent.
 /// A consumed nonce becomes a tombstone (`u`) for the rest of its TTL; a mismatch changes nothing.
 static TAKE_NONCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local f = redis.call('HMGET', KEYS[1], 'a', 'd', 'r', 'p', 'u')
-if f[5] then return {2, '', '', ''} end
-if not f[1] then return {0, '', '', ''} end
-if f[1] ~= ARGV[1] or (f[2] and f[2] ~= ARGV[2]) then return {3, '', '', ''} end
+if f[5] then return {2, '', ''} end
+if not f[1] then return {0, '', ''} end
+if f[1] ~= ARGV[1] or (f[2] and f[2] ~= ARGV[2]) then return {3, '', ''} end
 redis.call('HSET', KEYS[1], 'u', '1')
 redis.call('HDEL', KEYS[1], 'a', 'd', 'r', 'p')
 local function opt(v) if v then return '=' .. v end return '' end
-return {1, opt(f[2]), opt(f[3]), opt(f[4])}
+return {1, opt(f[3]), opt(f[4])}
 ",
     )
 });
@@ -238,20 +238,14 @@ impl ReplayStore for RedisStore {
         let key = redis_key("nonce", nonce);
         let mut invocation = TAKE_NONCE.key(key);
         invocation.arg(hex(action)).arg(device);
-        let (outcome, device, root, parent): (i64, String, String, String) =
+        let (outcome, root, parent): (i64, String, String) =
             self.call(Request::Script(invocation)).await?;
         Ok(match outcome {
             1 => {
                 self.issued.remove(nonce);
-                let chain = match (present(root), present(parent)) {
+                Take::Consumed(match (present(root), present(parent)) {
                     (Some(root), Some(parent)) => Some(Chain { root, parent }),
                     _ => None,
-                };
-                Take::Consumed(NonceRecord {
-                    // The script consumed it only because the stored action equals this one.
-                    action: *action,
-                    device: present(device),
-                    chain,
                 })
             }
             2 => Take::Used,
