@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, Ed25519KeyPair, UnparsedPublicKey, VerificationAlgorithm};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
@@ -74,6 +75,17 @@ fn main() {
     runtime.block_on(memory(&settings));
 }
 
+/// What one client iteration sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A whole confirmed action: challenge, signed retry, forward.
+    Action,
+    /// Only the first half: the unsigned request and its challenge.
+    Challenge,
+    /// A low-risk request, forwarded as is.
+    Passthrough,
+}
+
 /// One measured cell: confirmed actions through a gateway with `workers` threads.
 struct Cell {
     alg: ProofAlg,
@@ -88,22 +100,14 @@ async fn confirmations(s: &Settings) {
     let upstream = upstream().await;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut cells = Vec::new();
+    let mut parts = Vec::new();
+    let sign = provenance_sign_seconds(s.seconds > 0);
     for &workers in s.workers {
         let gateway = Gateway::start(dir.path(), upstream, workers).await;
         for &alg in s.algs {
             let verify = raw_verify_seconds(alg, s.seconds > 0);
-            // Warm up connections and the first-use device bindings, then measure.
-            let keys: Vec<DeviceKey> = (0..s.clients)
-                .map(|_| DeviceKey::generate(alg).expect("device key generation works"))
-                .collect();
-            let keys = Arc::new(keys);
-            drive(gateway.addr, &keys, Duration::from_millis(300), 1).await;
-            let before = gateway.cpu_seconds();
-            let started = Instant::now();
-            let actions = drive(gateway.addr, &keys, Duration::from_secs(s.seconds), 2).await;
-            let seconds = started.elapsed().as_secs_f64();
-            let cpu = gateway.cpu_seconds() - before;
-            assert!(actions > 0, "no confirmed action completed");
+            let keys = keys(alg, s.clients);
+            let (actions, seconds, cpu) = measure(&gateway, &keys, s.seconds, Step::Action).await;
             cells.push(Cell {
                 alg,
                 workers,
@@ -113,6 +117,13 @@ async fn confirmations(s: &Settings) {
                 verify,
             });
         }
+        if workers == 1 {
+            let keys = keys(ProofAlg::EdDsa, s.clients);
+            for step in [Step::Passthrough, Step::Challenge] {
+                let (n, _, cpu) = measure(&gateway, &keys, s.seconds, step).await;
+                parts.push((step, cpu / n as f64));
+            }
+        }
     }
     println!("## Confirmed actions (challenge → signed retry → forward)\n");
     println!(
@@ -121,24 +132,69 @@ async fn confirmations(s: &Settings) {
     );
     println!("CPU = gateway utime+stime from /proc/<pid>/stat over the run; verify = aws-lc-rs");
     println!(
-        "`UnparsedPublicKey::verify` of one proof, measured in the same run (one per action).\n"
+        "`UnparsedPublicKey::verify` of one proof, measured in the same run (one per action);"
     );
-    println!("| alg | gateway threads | actions | actions/s | gateway CPU µs/action | raw verify µs | overhead ratio |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "all crypto = that verify + the Ed25519 provenance signature each forwarded action carries ({:.1} µs).\n",
+        sign * 1e6
+    );
+    println!("| alg | gateway threads | actions | actions/s | gateway CPU µs/action | raw verify µs | overhead ratio | ratio to all crypto |");
+    println!("|---|---|---|---|---|---|---|---|");
     for c in &cells {
         let per_action = c.cpu / c.actions as f64;
         println!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.2}× |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.2}× | {:.2}× |",
             c.alg.as_str(),
             c.workers,
             c.actions,
             c.actions as f64 / c.seconds,
             per_action * 1e6,
             c.verify * 1e6,
-            per_action / c.verify
+            per_action / c.verify,
+            per_action / (c.verify + sign)
         );
     }
     println!();
+    println!("Where one action's CPU goes (gateway threads 1): the same clients sending only");
+    println!("low-risk requests, then only the unsigned first half of an action.\n");
+    println!("| request | gateway CPU µs/request |");
+    println!("|---|---|");
+    for (step, cpu) in &parts {
+        let name = match step {
+            Step::Passthrough => "low-risk GET, forwarded",
+            Step::Challenge => "unsigned DELETE, challenged (nonce issued, audit record)",
+            Step::Action => "confirmed action",
+        };
+        println!("| {name} | {:.0} |", cpu * 1e6);
+    }
+    println!();
+}
+
+/// One device key per client.
+fn keys(alg: ProofAlg, clients: usize) -> Arc<Vec<DeviceKey>> {
+    Arc::new(
+        (0..clients)
+            .map(|_| DeviceKey::generate(alg).expect("device key generation works"))
+            .collect(),
+    )
+}
+
+/// Warms up, then runs `step` for `seconds`: (completed, wall seconds, gateway CPU seconds).
+async fn measure(
+    gateway: &Gateway,
+    keys: &Arc<Vec<DeviceKey>>,
+    seconds: u64,
+    step: Step,
+) -> (u64, f64, f64) {
+    // Warm up connections and the first-use device bindings, then measure.
+    drive(gateway.addr, keys, Duration::from_millis(300), 1, step).await;
+    let before = gateway.cpu_seconds();
+    let started = Instant::now();
+    let done = drive(gateway.addr, keys, Duration::from_secs(seconds), 2, step).await;
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = gateway.cpu_seconds() - before;
+    assert!(done > 0, "no request completed");
+    (done, wall, cpu)
 }
 
 /// The gateway binary, running with a generated config.
@@ -236,7 +292,13 @@ async fn upstream() -> SocketAddr {
 
 /// Runs one client per key for `duration` (at least `min` actions each); returns the number of
 /// confirmed actions completed.
-async fn drive(addr: SocketAddr, keys: &Arc<Vec<DeviceKey>>, duration: Duration, min: u64) -> u64 {
+async fn drive(
+    addr: SocketAddr,
+    keys: &Arc<Vec<DeviceKey>>,
+    duration: Duration,
+    min: u64,
+    step: Step,
+) -> u64 {
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;
     let tasks: Vec<_> = (0..keys.len())
@@ -255,7 +317,13 @@ async fn drive(addr: SocketAddr, keys: &Arc<Vec<DeviceKey>>, duration: Duration,
                 tokio::spawn(conn);
                 let mut n = 0u64;
                 while n < min || Instant::now() < deadline {
-                    confirm(&mut sender, addr, key, &cookie, n).await;
+                    match step {
+                        Step::Action => confirm(&mut sender, addr, key, &cookie, n).await,
+                        Step::Challenge => {
+                            challenge(&mut sender, addr, &cookie, n).await;
+                        }
+                        Step::Passthrough => passthrough(&mut sender, addr).await,
+                    }
                     n += 1;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -276,19 +344,36 @@ async fn confirm(
     cookie: &str,
     n: u64,
 ) {
-    let path = format!("/api/users/{n}");
-    let htu = format!("http://{addr}{path}");
-    let request = |proof: Option<String>| {
-        let mut b = Request::delete(path.as_str())
-            .header("host", addr.to_string())
-            .header("cookie", format!("sid={cookie}"));
-        if let Some(p) = proof {
-            b = b.header("dpop", p);
-        }
-        b.body(Empty::new()).expect("a valid request")
-    };
+    let nonce = challenge(sender, addr, cookie, n).await;
+    let htu = format!("http://{addr}/api/users/{n}");
+    let proof = key.proof("DELETE", &htu, Some(&nonce), Some(cookie));
+    let confirmed = sender
+        .send_request(delete(addr, cookie, n, Some(proof)))
+        .await
+        .expect("the confirmed answer arrives");
+    assert_eq!(confirmed.status(), 200, "the confirmed action is forwarded");
+    let _ = confirmed.into_body().collect().await;
+}
+
+fn delete(addr: SocketAddr, cookie: &str, n: u64, proof: Option<String>) -> Request<Empty<Bytes>> {
+    let mut b = Request::delete(format!("/api/users/{n}"))
+        .header("host", addr.to_string())
+        .header("cookie", format!("sid={cookie}"));
+    if let Some(p) = proof {
+        b = b.header("dpop", p);
+    }
+    b.body(Empty::new()).expect("a valid request")
+}
+
+/// The unsigned first half of an action; returns the nonce of the challenge.
+async fn challenge(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    cookie: &str,
+    n: u64,
+) -> String {
     let challenge = sender
-        .send_request(request(None))
+        .send_request(delete(addr, cookie, n, None))
         .await
         .expect("the challenge arrives");
     assert_eq!(challenge.status(), 401, "a fresh action is challenged");
@@ -299,17 +384,20 @@ async fn confirm(
         .expect("the challenge carries a DPoP-Nonce")
         .to_owned();
     let _ = challenge.into_body().collect().await;
-    let proof = key.proof("DELETE", &htu, Some(&nonce), Some(cookie));
-    let confirmed = sender
-        .send_request(request(Some(proof)))
-        .await
-        .expect("the confirmed answer arrives");
-    assert_eq!(confirmed.status(), 200, "the confirmed action is forwarded");
-    let _ = confirmed.into_body().collect().await;
+    nonce
 }
 
-/// Seconds per `UnparsedPublicKey::verify` of a proof signed by a fresh key (the median of 7
-/// batches when measuring).
+async fn passthrough(sender: &mut SendRequest<Empty<Bytes>>, addr: SocketAddr) {
+    let request = Request::get("/status")
+        .header("host", addr.to_string())
+        .body(Empty::new())
+        .expect("a valid request");
+    let answer = sender.send_request(request).await.expect("an answer");
+    assert_eq!(answer.status(), 200, "a low-risk request is forwarded");
+    let _ = answer.into_body().collect().await;
+}
+
+/// Seconds per `UnparsedPublicKey::verify` of a proof signed by a fresh key.
 fn raw_verify_seconds(alg: ProofAlg, measuring: bool) -> f64 {
     let key = DeviceKey::generate(alg).expect("device key generation works");
     let proof = key.proof(
@@ -337,13 +425,31 @@ fn raw_verify_seconds(alg: ProofAlg, measuring: bool) -> f64 {
         }
     };
     let key = UnparsedPublicKey::new(algorithm, public);
+    median_seconds(measuring, || {
+        key.verify(std::hint::black_box(input.as_bytes()), &sig)
+            .expect("the proof verifies");
+    })
+}
+
+/// Seconds per Ed25519 signature with aws-lc-rs, what the default (ephemeral) provenance key
+/// costs per forwarded action (median of 7 batches when measuring).
+fn provenance_sign_seconds(measuring: bool) -> f64 {
+    let der = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("an Ed25519 key");
+    let pair = Ed25519KeyPair::from_pkcs8(der.as_ref()).expect("the generated key loads");
+    let claims = [b'x'; 400];
+    median_seconds(measuring, || {
+        std::hint::black_box(pair.sign(std::hint::black_box(&claims)));
+    })
+}
+
+/// Seconds per call of `f`: the median of 7 batches of 2000 when measuring, else one of 10.
+fn median_seconds(measuring: bool, mut f: impl FnMut()) -> f64 {
     let (batches, per_batch) = if measuring { (7, 2_000) } else { (1, 10) };
     let mut times: Vec<f64> = (0..batches)
         .map(|_| {
             let started = Instant::now();
             for _ in 0..per_batch {
-                key.verify(std::hint::black_box(input.as_bytes()), &sig)
-                    .expect("the proof verifies");
+                f();
             }
             started.elapsed().as_secs_f64() / per_batch as f64
         })

@@ -338,7 +338,7 @@ impl Gateway {
                 .await;
         };
         let body_sha256: [u8; 32] = Sha256::digest(&body).into();
-        let body_hex = hex(&body_sha256);
+        let body_hex = hex::encode(body_sha256);
         record.body_sha256 = Some(body_hex.clone());
 
         // 3. Confirmation.
@@ -610,10 +610,6 @@ fn target_of(req: &RequestHeader) -> String {
     req.uri
         .path_and_query()
         .map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads the whole body up to `max` bytes; `None` when it is larger. Answers

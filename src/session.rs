@@ -36,7 +36,7 @@ impl Session {
     /// First 16 hex digits of SHA-256 of the session id: what audit records show.
     pub fn id_hash(&self) -> String {
         let digest = Sha256::digest(self.id.as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(&digest[..8])
     }
 }
 
@@ -169,7 +169,7 @@ impl Sessions {
                     .sid
                     .clone()
                     .or_else(|| claims.jti.clone())
-                    .unwrap_or_else(|| hex(&Sha256::digest(token.as_bytes())));
+                    .unwrap_or_else(|| hex::encode(Sha256::digest(token.as_bytes())));
                 Ok(Session {
                     id,
                     subject: claims.sub.clone(),
@@ -225,7 +225,7 @@ impl Sessions {
 
 fn opaque(value: &str, subject: Option<String>) -> Session {
     Session {
-        id: hex(&Sha256::digest(value.as_bytes())),
+        id: hex::encode(Sha256::digest(value.as_bytes())),
         subject,
         ath: ath(value),
         cnf_jkt: None,
@@ -236,10 +236,6 @@ fn opaque(value: &str, subject: Option<String>) -> Session {
 /// base64url(SHA-256(credential)), the RFC 9449 §4.2 `ath`.
 pub fn ath(credential: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(credential.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The one `Authorization` header: (is Bearer, token).

@@ -134,7 +134,9 @@ pub struct MemoryStore {
     entries: AtomicU64,
     /// Nonces held and not consumed (expired ones until their shard is swept).
     outstanding: AtomicU64,
+    /// When every shard was last swept to make room, or to count outstanding nonces.
     swept_when_full: AtomicU64,
+    swept_for_count: AtomicU64,
 }
 
 impl MemoryStore {
@@ -147,6 +149,7 @@ impl MemoryStore {
             entries: AtomicU64::new(0),
             outstanding: AtomicU64::new(0),
             swept_when_full: AtomicU64::new(0),
+            swept_for_count: AtomicU64::new(0),
         }
     }
 
@@ -178,8 +181,17 @@ impl MemoryStore {
         shard
     }
 
-    fn sweep_all(&self, every: Millis) {
+    /// Sweeps every shard that is due, unless `last` says this was done less than `every` ago.
+    fn sweep_all(&self, last: &AtomicU64, every: Millis) {
         let now = self.now();
+        let then = last.load(Ordering::Acquire);
+        if now < then + every
+            || last
+                .compare_exchange(then, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
         for shard in self.shards.iter() {
             drop(self.lock_swept(shard, now, every));
         }
@@ -198,18 +210,9 @@ impl MemoryStore {
         if take() {
             return Ok(());
         }
-        let now = self.now();
-        let last = self.swept_when_full.load(Ordering::Acquire);
-        if now >= last + SWEEP_WHEN_FULL_EVERY_MS
-            && self
-                .swept_when_full
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            self.sweep_all(SWEEP_WHEN_FULL_EVERY_MS);
-            if take() {
-                return Ok(());
-            }
+        self.sweep_all(&self.swept_when_full, SWEEP_WHEN_FULL_EVERY_MS);
+        if take() {
+            return Ok(());
         }
         // Fail closed at the bound: refusing a new challenge is safe, evicting a live replay
         // record is not.
@@ -363,7 +366,7 @@ impl ReplayStore for MemoryStore {
     }
 
     fn outstanding_nonces(&self) -> u64 {
-        self.sweep_all(SWEEP_EVERY_MS);
+        self.sweep_all(&self.swept_for_count, SWEEP_EVERY_MS);
         self.outstanding.load(Ordering::Relaxed)
     }
 

@@ -211,7 +211,7 @@ impl ReplayStore for RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let key = redis_key("nonce", nonce);
-        let mut fields = vec![("a", hex(&record.action))];
+        let mut fields = vec![("a", hex::encode(record.action))];
         if let Some(device) = record.device {
             fields.push(("d", device));
         }
@@ -237,7 +237,7 @@ impl ReplayStore for RedisStore {
     ) -> Result<Take, StoreError> {
         let key = redis_key("nonce", nonce);
         let mut invocation = TAKE_NONCE.key(key);
-        invocation.arg(hex(action)).arg(device);
+        invocation.arg(hex::encode(action)).arg(device);
         let (outcome, root, parent): (i64, String, String) =
             self.call(Request::Script(invocation)).await?;
         Ok(match outcome {
@@ -585,17 +585,7 @@ impl IssuedNonces {
 
 /// `countersign:<kind>:<hex digest>`.
 fn redis_key(kind: &str, key: &Key) -> String {
-    format!("countersign:{kind}:{}", hex(key))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    format!("countersign:{kind}:{}", hex::encode(key))
 }
 
 /// A TTL in whole milliseconds, at least 1 (`PX 0` is an error).
