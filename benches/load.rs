@@ -5,7 +5,8 @@
 //! `cargo bench --bench load` measures (about a minute) and prints Markdown tables. Without
 //! `--bench` (as `cargo test --all-targets` runs it) it does a smoke run of a few requests.
 //! Knobs: `LOAD_SECONDS` (per cell, default 5), `LOAD_CLIENTS` (concurrent clients, default 16),
-//! `MEMORY_ENTRIES` (default 1000000).
+//! `MEMORY_ENTRIES` (default 1000000), `COUNTERSIGN_BIN` (the gateway binary to run, e.g. a build
+//! with frame pointers for `perf`; default: this package's release binary).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -230,7 +231,9 @@ routes:
             ),
         )
         .expect("the config is written");
-        let child = Command::new(env!("CARGO_BIN_EXE_countersign"))
+        let binary = std::env::var_os("COUNTERSIGN_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_countersign").into());
+        let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "warn")

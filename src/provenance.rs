@@ -12,7 +12,6 @@ use aws_lc_rs::signature::{
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -52,11 +51,18 @@ pub struct Claims<'a> {
     pub route: &'a str,
 }
 
+/// The loaded private key, parsed once (parsing an Ed25519 key derives its public half, which
+/// costs as much as a signature).
+enum SigningKey {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+}
+
 /// The gateway's provenance signer.
 pub struct Signer {
-    key: EncodingKey,
-    alg: Algorithm,
-    kid: String,
+    key: SigningKey,
+    /// The protected header, base64url-encoded once: it never changes.
+    header: String,
     public_jwk: Value,
     /// Whether the key was generated at start (no `provenance.signing_key`).
     pub ephemeral: bool,
@@ -93,48 +99,32 @@ impl Signer {
 
     /// A signer from PKCS#8 DER.
     pub fn from_pkcs8(der: &[u8]) -> Result<Signer, SignerError> {
-        let (alg, public_jwk, key) =
-            if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der) {
-                // Uncompressed point: 0x04 || x || y.
-                let point = pair.public_key().as_ref();
-                let (x, y) = point[1..].split_at(32);
-                (
-                    Algorithm::ES256,
-                    json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)}),
-                    EncodingKey::from_ec_der(der),
-                )
-            } else if let Ok(pair) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
-                (
-                    Algorithm::EdDSA,
-                    json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())}),
-                    EncodingKey::from_ed_der(der),
-                )
-            } else {
-                return Err(SignerError(
-                    "expected an EC P-256 or Ed25519 private key in PKCS#8".into(),
-                ));
-            };
+        let (alg, mut public_jwk, key) = if let Ok(pair) =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+        {
+            // Uncompressed point: 0x04 || x || y.
+            let point = pair.public_key().as_ref();
+            let (x, y) = point[1..].split_at(32);
+            let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)});
+            ("ES256", jwk, SigningKey::Es256(pair))
+        } else if let Ok(pair) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+            let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())});
+            ("EdDSA", jwk, SigningKey::EdDsa(pair))
+        } else {
+            return Err(SignerError(
+                "expected an EC P-256 or Ed25519 private key in PKCS#8".into(),
+            ));
+        };
         let kid = thumbprint(&public_jwk);
-        let mut public_jwk = public_jwk;
         if let Value::Object(m) = &mut public_jwk {
             m.insert("kid".into(), Value::String(kid.clone()));
             m.insert("use".into(), Value::String("sig".into()));
-            m.insert(
-                "alg".into(),
-                Value::String(
-                    if alg == Algorithm::ES256 {
-                        "ES256"
-                    } else {
-                        "EdDSA"
-                    }
-                    .into(),
-                ),
-            );
+            m.insert("alg".into(), Value::String(alg.into()));
         }
+        let header = json!({"typ": "countersign-provenance+jwt", "alg": alg, "kid": kid});
         Ok(Signer {
             key,
-            alg,
-            kid,
+            header: b64(header.to_string().as_bytes()),
             public_jwk,
             ephemeral: false,
         })
@@ -147,11 +137,24 @@ impl Signer {
             .map_or(0, |d| d.as_secs());
         claims.iat = now;
         claims.exp = now + TOKEN_LIFETIME_SECS;
-        let mut header = Header::new(self.alg);
-        header.typ = Some("countersign-provenance+jwt".into());
-        header.kid = Some(self.kid.clone());
-        // Signing with a key that loaded cannot fail; an empty token would be refused upstream.
-        jsonwebtoken::encode(&header, &claims, &self.key).unwrap_or_default()
+        // Serialising borrowed strings and numbers cannot fail.
+        let payload = serde_json::to_vec(&claims).unwrap_or_default();
+        let mut token = format!("{}.{}", self.header, b64(&payload));
+        let signature = match &self.key {
+            SigningKey::Es256(pair) => pair
+                .sign(&SystemRandom::new(), token.as_bytes())
+                .map(|s| b64(s.as_ref())),
+            SigningKey::EdDsa(pair) => Ok(b64(pair.sign(token.as_bytes()).as_ref())),
+        };
+        match signature {
+            Ok(signature) => {
+                token.push('.');
+                token.push_str(&signature);
+                token
+            }
+            // ECDSA signing fails only without randomness; an empty token is refused upstream.
+            Err(_) => String::new(),
+        }
     }
 
     /// The public key as a JWKS document.
@@ -188,7 +191,7 @@ fn thumbprint(jwk: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{DecodingKey, Validation};
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
     #[test]
     fn ephemeral_tokens_verify_with_the_published_jwks() {
@@ -226,5 +229,31 @@ mod tests {
                 .expect("keygen");
         let signer = Signer::from_pkcs8(der.as_ref()).expect("loads");
         assert_eq!(signer.public_jwk()["alg"], "ES256");
+        let token = signer.token(Claims {
+            iss: "countersign",
+            iat: 0,
+            exp: 0,
+            cid: "c",
+            parent: Some("p"),
+            via: None,
+            sub: None,
+            sid_hash: "0123456789abcdef",
+            jkt: "k",
+            htm: "DELETE",
+            target: "/x",
+            body_sha256: "00",
+            route: "r",
+        });
+        let jwks: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(&signer.jwks()).expect("jwks parses");
+        let key = DecodingKey::from_jwk(&jwks.keys[0]).expect("jwk is a key");
+        let mut v = Validation::new(Algorithm::ES256);
+        v.validate_aud = false;
+        v.validate_exp = false;
+        let header = jsonwebtoken::decode_header(&token).expect("header");
+        assert_eq!(header.typ.as_deref(), Some("countersign-provenance+jwt"));
+        assert_eq!(header.kid.as_deref(), jwks.keys[0].common.key_id.as_deref());
+        let data = jsonwebtoken::decode::<Value>(&token, &key, &v).expect("verifies");
+        assert_eq!(data.claims["parent"], "p");
     }
 }
