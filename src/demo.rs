@@ -55,7 +55,9 @@ routes:
         audit = audit_path.display()
     );
     let config = crate::config::parse(&yaml, Path::new("<demo>")).map_err(|e| e.to_string())?;
-    let running = server::assemble(config).map_err(|e| e.to_string())?.spawn();
+    let running = server::assemble(config, server::Runtime::Shared)
+        .map_err(|e| e.to_string())?
+        .spawn();
     let base = format!("http://127.0.0.1:{gateway_port}");
     runtime.block_on(wait_for(gateway_port))?;
 

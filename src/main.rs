@@ -97,7 +97,8 @@ fn run(command: Command) -> Result<(), String> {
         Command::Run { config } => {
             let config = config::load(&config).map_err(|e| e.to_string())?;
             init_logs(config.log);
-            let assembled = server::assemble(config).map_err(|e| e.to_string())?;
+            let assembled =
+                server::assemble(config, server::Runtime::PerThread).map_err(|e| e.to_string())?;
             tracing::info!(listen = %assembled.summary.listen, metrics = ?assembled.summary.metrics, audit = %assembled.summary.audit, "countersign starting");
             assembled.run();
             Ok(())

@@ -56,8 +56,22 @@ pub struct Assembled {
     pub summary: Summary,
 }
 
-/// Assembles the gateway for `config`.
-pub fn assemble(config: Config) -> Result<Assembled, BuildError> {
+/// Which Tokio runtimes Pingora gives the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// The gateway owns the process (`countersign run`): one single-threaded runtime per worker
+    /// thread, like nginx's workers, so the request path has no cross-thread wake-ups (+20 %
+    /// passthrough requests/s, BENCHMARKS.md).
+    PerThread,
+    /// Inside another program (`countersign demo`, tests): one work-stealing runtime. Pingora 0.9
+    /// registers per-thread runtimes in a process-wide table keyed by thread ids that are reused
+    /// once a thread exits, so a per-thread server started after another one stopped in the same
+    /// process can be handed the stopped server's runtime and never accept (pingora issue #981).
+    Shared,
+}
+
+/// Assembles the gateway for `config`, to run on `runtime`.
+pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildError> {
     let file = config.source.display().to_string();
     let setting = |e: String| BuildError::Setting(e, file.clone());
     let config = Arc::new(config);
@@ -117,6 +131,7 @@ pub fn assemble(config: Config) -> Result<Assembled, BuildError> {
             .as_ref()
             .map(|p| p.display().to_string()),
         threads: config.server.threads,
+        work_stealing: runtime == Runtime::Shared,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
         ..ServerConf::default()

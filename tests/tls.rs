@@ -130,7 +130,7 @@ fn an_unusable_ca_bundle_stops_the_start_with_its_field() {
     );
     let config =
         countersign::config::parse(&yaml, std::path::Path::new("tls.yaml")).expect("parses");
-    let err = countersign::server::assemble(config)
+    let err = countersign::server::assemble(config, countersign::server::Runtime::Shared)
         .err()
         .expect("refused")
         .to_string();

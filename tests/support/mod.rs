@@ -208,7 +208,9 @@ impl Gateway {
         );
         let config = countersign::config::parse(&yaml, Path::new("test.yaml"))
             .expect("test config is valid");
-        let running = server::assemble(config).expect("gateway assembles").spawn();
+        let running = server::assemble(config, server::Runtime::Shared)
+            .expect("gateway assembles")
+            .spawn();
         let started = std::time::Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             assert!(
