@@ -193,33 +193,48 @@ mod tests {
     use super::*;
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-    #[test]
-    fn ephemeral_tokens_verify_with_the_published_jwks() {
-        let signer = Signer::load(None).expect("ephemeral key");
-        assert!(signer.ephemeral);
-        let token = signer.token(Claims {
+    fn claims<'a>(parent: Option<&'a str>, sub: Option<&'a str>) -> Claims<'a> {
+        Claims {
             iss: "countersign",
             iat: 0,
             exp: 0,
             cid: "c",
-            parent: None,
+            parent,
             via: None,
-            sub: Some("alice"),
+            sub,
             sid_hash: "0123456789abcdef",
             jkt: "k",
-            htm: "POST",
+            htm: "DELETE",
             target: "/x",
             body_sha256: "00",
             route: "r",
-        });
+        }
+    }
+
+    /// Verifies `token` against the signer's published JWKS; checks the protected header.
+    fn verify(signer: &Signer, token: &str, alg: Algorithm) -> Value {
         let jwks: jsonwebtoken::jwk::JwkSet =
             serde_json::from_str(&signer.jwks()).expect("jwks parses");
         let key = DecodingKey::from_jwk(&jwks.keys[0]).expect("jwk is a key");
-        let mut v = Validation::new(Algorithm::EdDSA);
+        let header = jsonwebtoken::decode_header(token).expect("header");
+        assert_eq!(header.alg, alg);
+        assert_eq!(header.typ.as_deref(), Some("countersign-provenance+jwt"));
+        assert_eq!(header.kid.as_deref(), jwks.keys[0].common.key_id.as_deref());
+        let mut v = Validation::new(alg);
         v.validate_aud = false;
-        let data = jsonwebtoken::decode::<Value>(&token, &key, &v).expect("verifies");
-        assert_eq!(data.claims["sub"], "alice");
-        assert_eq!(data.claims["parent"], Value::Null);
+        jsonwebtoken::decode::<Value>(token, &key, &v)
+            .expect("verifies")
+            .claims
+    }
+
+    #[test]
+    fn ephemeral_tokens_verify_with_the_published_jwks() {
+        let signer = Signer::load(None).expect("ephemeral key");
+        assert!(signer.ephemeral);
+        let token = signer.token(claims(None, Some("alice")));
+        let claims = verify(&signer, &token, Algorithm::EdDSA);
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["parent"], Value::Null);
     }
 
     #[test]
@@ -229,31 +244,9 @@ mod tests {
                 .expect("keygen");
         let signer = Signer::from_pkcs8(der.as_ref()).expect("loads");
         assert_eq!(signer.public_jwk()["alg"], "ES256");
-        let token = signer.token(Claims {
-            iss: "countersign",
-            iat: 0,
-            exp: 0,
-            cid: "c",
-            parent: Some("p"),
-            via: None,
-            sub: None,
-            sid_hash: "0123456789abcdef",
-            jkt: "k",
-            htm: "DELETE",
-            target: "/x",
-            body_sha256: "00",
-            route: "r",
-        });
-        let jwks: jsonwebtoken::jwk::JwkSet =
-            serde_json::from_str(&signer.jwks()).expect("jwks parses");
-        let key = DecodingKey::from_jwk(&jwks.keys[0]).expect("jwk is a key");
-        let mut v = Validation::new(Algorithm::ES256);
-        v.validate_aud = false;
-        v.validate_exp = false;
-        let header = jsonwebtoken::decode_header(&token).expect("header");
-        assert_eq!(header.typ.as_deref(), Some("countersign-provenance+jwt"));
-        assert_eq!(header.kid.as_deref(), jwks.keys[0].common.key_id.as_deref());
-        let data = jsonwebtoken::decode::<Value>(&token, &key, &v).expect("verifies");
-        assert_eq!(data.claims["parent"], "p");
+        let token = signer.token(claims(Some("p"), None));
+        let claims = verify(&signer, &token, Algorithm::ES256);
+        assert_eq!(claims["parent"], "p");
+        assert_eq!(claims["sub"], Value::Null);
     }
 }
