@@ -175,9 +175,11 @@ impl MemoryStore {
     ) -> MutexGuard<'a, Shard> {
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
         let swept = shard.sweep(now, every);
-        self.entries.fetch_sub(swept.entries, Ordering::AcqRel);
-        self.outstanding
-            .fetch_sub(swept.open_nonces, Ordering::Relaxed);
+        if swept.entries > 0 {
+            self.entries.fetch_sub(swept.entries, Ordering::AcqRel);
+            self.outstanding
+                .fetch_sub(swept.open_nonces, Ordering::Relaxed);
+        }
         shard
     }
 
