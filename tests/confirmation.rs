@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::{one_winner, race, send, Gateway, Reply, Upstream};
+use support::{assert_metric, one_winner, race, send, Gateway, Reply, Upstream};
 
 /// The session credential (cookie value) of most tests.
 const SID: &str = "alice-session-0f9a8c7e";
@@ -1196,11 +1196,9 @@ async fn replayed_nonce_is_refused_and_counted() {
     let r = w.delete(SID, &[("dpop", &again)]).await;
     w.assert_rejected(&r, before, 401, "use_dpop_nonce", "replay");
     let metrics = w.gw.metrics().await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == r#"countersign_replays_blocked_total{route="delete-user"} 2"#),
-        "replays counted:\n{metrics}"
+    assert_metric(
+        &metrics,
+        r#"countersign_replays_blocked_total{route="delete-user"} 2"#,
     );
 }
 
@@ -1222,11 +1220,9 @@ async fn replayed_jti_with_a_fresh_nonce_is_invalid_dpop_proof_replay() {
         .await;
     w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "replay");
     let metrics = w.gw.metrics().await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == r#"countersign_replays_blocked_total{route="delete-user"} 1"#),
-        "replays counted:\n{metrics}"
+    assert_metric(
+        &metrics,
+        r#"countersign_replays_blocked_total{route="delete-user"} 1"#,
     );
 }
 
@@ -1705,10 +1701,7 @@ async fn metrics_count_each_decision_exactly() {
         r#"countersign_rejections_total{reason="replay",route="delete-user"} 1"#,
         r#"countersign_replays_blocked_total{route="delete-user"} 1"#,
     ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "missing `{line}` in:\n{metrics}"
-        );
+        assert_metric(&metrics, line);
     }
     let requests: Vec<&str> = metrics
         .lines()

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use countersign::alg::ProofAlg;
 use countersign::keys::DeviceKey;
 use serde_json::{json, Value};
-use support::{free_port, send, Gateway, Reply, Upstream};
+use support::{assert_metric, free_port, send, Gateway, Reply, Upstream};
 
 const SID: &str = "sre-session-4b1d";
 const CONFIG: &str = r#"
@@ -134,19 +134,9 @@ async fn every_counter_has_its_exact_value_after_a_scripted_sequence() {
         counters(&metrics, "countersign_replays_blocked_total"),
         expect(&[r#"countersign_replays_blocked_total{route="delete-user"} 1"#])
     );
-    // Proofs reached verification four times: accepted, replay, nonce_missing, device_mismatch, bad_typ.
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "countersign_proof_verify_seconds_count 5"),
-        "{metrics}"
-    );
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "countersign_audit_write_failures_total 0"),
-        "{metrics}"
-    );
+    // Proofs reached verification five times: accepted, replay, nonce_missing, device_mismatch, bad_typ.
+    assert_metric(&metrics, "countersign_proof_verify_seconds_count 5");
+    assert_metric(&metrics, "countersign_audit_write_failures_total 0");
     assert!(
         metrics.contains(r#"countersign_upstream_seconds_count{route="delete-user"} 1"#),
         "{metrics}"

@@ -36,7 +36,7 @@ macro_rules! cases {
 /// Every case, each given a fresh store.
 const SUITE: &[(&str, Case)] = cases![
     a_nonce_is_consumed_once_then_reported_used,
-    records_round_trip_with_and_without_device_and_chain,
+    nonces_with_and_without_device_and_chain_give_back_their_chain,
     a_mismatching_presenter_does_not_burn_the_nonce,
     a_nonce_issued_before_binding_accepts_any_device,
     unknown_and_expired_nonces_are_unknown,
@@ -109,7 +109,7 @@ async fn a_nonce_is_consumed_once_then_reported_used(s: Store) {
     assert_eq!(take(&s, &nonce, &act, "jkt-A").await, Take::Used);
 }
 
-async fn records_round_trip_with_and_without_device_and_chain(s: Store) {
+async fn nonces_with_and_without_device_and_chain_give_back_their_chain(s: Store) {
     for rec in [
         record(action(), None, None),
         record(action(), Some("jkt-A"), None),

@@ -366,3 +366,11 @@ pub fn one_winner(replies: Vec<Reply>) -> (Reply, Vec<Reply>) {
     }
     (won.remove(0), lost)
 }
+
+/// Asserts that the Prometheus text `metrics` has exactly this sample line.
+pub fn assert_metric(metrics: &str, line: &str) {
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "missing `{line}` in:\n{metrics}"
+    );
+}
