@@ -63,6 +63,7 @@ struct Shard {
 }
 
 /// What one sweep removed.
+#[derive(Default)]
 struct Swept {
     entries: u64,
     open_nonces: u64,
@@ -75,10 +76,7 @@ impl Shard {
 
     /// Removes every expired entry when one may have expired and the last sweep is `every` ago.
     fn sweep(&mut self, now: Millis, every: Millis) -> Swept {
-        let mut swept = Swept {
-            entries: 0,
-            open_nonces: 0,
-        };
+        let mut swept = Swept::default();
         if now < self.next_expiry || now < self.swept + every {
             return swept;
         }
