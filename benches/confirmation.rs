@@ -34,6 +34,7 @@ fn bench_nonce(c: &mut Criterion) {
     let action = Action {
         session_id: SID,
         method: "DELETE",
+        overrides: "",
         target: TARGET,
         body_sha256: &body,
     }
@@ -96,6 +97,7 @@ fn bench_decide(c: &mut Criterion) {
                     // Not measured: the challenge and the client's signature.
                     let exchange = Exchange {
                         method: "DELETE",
+                        overrides: "",
                         target: TARGET,
                         htu: Some(&htu),
                         headers: &headers,
@@ -113,6 +115,7 @@ fn bench_decide(c: &mut Criterion) {
                 |with_proof| {
                     let exchange = Exchange {
                         method: "DELETE",
+                        overrides: "",
                         target: TARGET,
                         htu: Some(&htu),
                         headers: &with_proof,

@@ -28,6 +28,8 @@ pub enum Event {
     Completed,
     /// A low-risk request was forwarded (only with `audit.passthrough`).
     Passthrough,
+    /// Observe mode: a high-impact request forwarded without a confirmation.
+    Observed,
 }
 
 /// One audit record; `ts` and `prev` are added when it is written.
@@ -44,8 +46,11 @@ pub struct Record {
     pub via: Option<String>,
     /// Route name.
     pub route: String,
-    /// Request method.
+    /// Request method (of the request line).
     pub method: String,
+    /// Methods the request stands for through override headers or `_method`, when any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method_override: Option<String>,
     /// Request target (origin-form, with query).
     pub target: String,
     /// Hex SHA-256 of the body, when buffered.

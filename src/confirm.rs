@@ -59,8 +59,10 @@ pub enum Outcome {
 /// One high-impact request, as the decision needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct Exchange<'a> {
-    /// Method.
+    /// Method of the request line (the proof's `htm`).
     pub method: &'a str,
+    /// Methods it stands for through overrides, comma-joined (bound by the nonce).
+    pub overrides: &'a str,
     /// Request target in origin-form, query included.
     pub target: &'a str,
     /// The normalised external URI (`htu::normalize`), or `None` when it cannot be formed.
@@ -142,6 +144,7 @@ impl Confirmer {
         let action = Action {
             session_id: &session.id,
             method: ex.method,
+            overrides: ex.overrides,
             target: ex.target,
             body_sha256: ex.body_sha256,
         };

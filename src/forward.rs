@@ -85,6 +85,16 @@ impl Forwarder {
             .cloned()
             .ok_or_else(|| ForwardError::Upstream(502, Error::new(ErrorType::InvalidHTTPHeader)))?;
         let status = head.status.as_u16();
+        if status == 101 {
+            // Nothing sent upstream asked to switch protocols: no tunnel opens on this path.
+            return Err(ForwardError::Upstream(
+                502,
+                Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "unrequested 101 from upstream",
+                ),
+            ));
+        }
         for name in RESPONSE_HOP_BY_HOP {
             head.remove_header(name);
         }

@@ -60,7 +60,12 @@ pub enum Framing {
     Buffered,
 }
 
-/// Removes hop-by-hop headers, `DPoP` and every client-sent `Countersign-*` header.
+/// Headers some servers route on instead of the request line (IIS/ASP.NET, older Symfony and
+/// Zend): the router never saw them, so they never reach the upstream.
+const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+/// Removes hop-by-hop headers, path-override headers, `DPoP` and every client-sent
+/// `Countersign-*` header.
 pub fn strip_request(req: &mut RequestHeader, framing: Framing) {
     // Only what is present is touched, and nothing is allocated unless the client sent a
     // `Connection` list or headers it may not send: this runs on every passthrough request.
@@ -74,7 +79,8 @@ pub fn strip_request(req: &mut RequestHeader, framing: Framing) {
             );
         }
     }
-    let forged = |n: &str| n == "dpop" || n.starts_with("countersign-");
+    let forged =
+        |n: &str| n == "dpop" || n.starts_with("countersign-") || PATH_OVERRIDES.contains(&n);
     if req.headers.keys().any(|n| forged(n.as_str())) {
         listed.extend(
             req.headers
@@ -133,8 +139,10 @@ impl ClientView {
             .or(forwarded.proto)
             .filter(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
             .map_or_else(|| "http".to_string(), |s| s.to_ascii_lowercase());
+        // Only a valid authority is believed as the host (it reaches `Forwarded` and htu).
         let host = trusted("x-forwarded-host")
             .or(forwarded.host)
+            .filter(|h| crate::target::valid_authority(h))
             .or_else(|| header_str(headers, "host").map(str::to_owned))
             .or_else(|| uri.authority().map(|a| a.as_str().to_owned()));
         let prefix = trusted("x-forwarded-prefix")
@@ -215,7 +223,7 @@ pub fn set_forwarded(req: &mut RequestHeader, peer: Peer, view: &ClientView) {
         let host = view
             .host
             .as_deref()
-            .map_or_else(String::new, |h| format!(";host=\"{h}\""));
+            .map_or_else(String::new, |h| format!(";host={}", quoted(h)));
         format!("for={n};proto={}{host}", view.scheme)
     });
     let forwarded = append(header_str(&req.headers, "forwarded"), element);
@@ -226,6 +234,20 @@ pub fn set_forwarded(req: &mut RequestHeader, peer: Peer, view: &ClientView) {
     }
     set_or_remove(req, "x-forwarded-proto", Some(&view.scheme));
     set_or_remove(req, "x-forwarded-host", view.host.as_deref());
+}
+
+/// An RFC 7239 §4 quoted-string (RFC 9110 §5.6.4: `"` and `\` escaped).
+fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 fn set_or_remove(req: &mut RequestHeader, name: &'static str, value: Option<&str>) {

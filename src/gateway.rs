@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::admission;
 use crate::audit::{AuditLog, Event, Record};
+use crate::conditions::{self, Body, BodyKind, Fields};
 use crate::config::{Config, UpstreamScheme};
 use crate::confirm::{Challenge, Confirmation, Confirmer, Exchange, Outcome};
 use crate::forward::{ForwardError, Forwarder, Pending};
@@ -28,8 +30,9 @@ use crate::nonce::Action;
 use crate::provenance::{self, Signer};
 use crate::reason::Reason;
 use crate::reply;
-use crate::routes::{Risk, Route};
+use crate::routes::{self, Risk, Route};
 use crate::session::Session as UserSession;
+use crate::target::{Target as RequestTarget, TargetError};
 
 /// How long a high-impact request body may take to arrive.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,6 +65,10 @@ pub struct Gateway {
 /// Per-request state.
 pub struct RequestCtx {
     route: Option<Arc<Route>>,
+    /// The one origin-form target routed, bound, audited and forwarded.
+    target: String,
+    /// The methods the request stands for through overrides, comma-joined.
+    overrides: String,
     peer: Peer,
     view: Option<ClientView>,
     request_id: String,
@@ -128,7 +135,7 @@ impl Gateway {
             .map(|r| {
                 (
                     r.name.clone(),
-                    metrics.for_route(&r.name, r.risk == Risk::High),
+                    metrics.for_route(&r.name, r.risk == Risk::High, !r.enforce),
                 )
             })
             .collect();
@@ -223,7 +230,8 @@ impl Gateway {
                 .map(|r| r.name.clone())
                 .unwrap_or_default(),
             method: req.method.as_str().to_string(),
-            target: target_of(req),
+            method_override: (!ctx.overrides.is_empty()).then(|| ctx.overrides.clone()),
+            target: ctx.target.clone(),
             client_ip: ctx.peer.ip.map(|ip| ip.to_string()),
             request_id: Some(ctx.request_id.clone()),
             ..Record::default()
@@ -241,7 +249,7 @@ impl Gateway {
         }
     }
 
-    /// Refuses a high-impact request: audit, metrics, response.
+    /// Refuses a request: audit, metrics, response.
     async fn refuse(
         &self,
         session: &mut Session,
@@ -251,74 +259,77 @@ impl Gateway {
         challenge: Option<(Challenge, Value)>,
     ) -> pingora::Result<()> {
         let route = record.route.clone();
+        let label = if route.is_empty() { "unrouted" } else { &route };
         record.event = Some(Event::Rejected);
         record.reason = Some(reason.as_str());
         self.write_audit(&record);
-        tracing::info!(route = %route, reason = reason.as_str(), "rejected");
+        tracing::info!(route = %label, reason = reason.as_str(), "rejected");
         self.count(&route, Decision::Rejected);
         self.metrics
             .rejections
-            .with_label_values(&[&route, reason.as_str()])
+            .with_label_values(&[label, reason.as_str()])
             .inc();
         if matches!(reason, Reason::NonceReplay | Reason::JtiReplay) {
             self.metrics
                 .replays_blocked
-                .with_label_values(&[&route])
+                .with_label_values(&[label])
                 .inc();
         }
-        if reason == Reason::BodyTooLarge {
-            // The rest of the body was never read: this connection cannot carry another request.
+        if matches!(
+            reason,
+            Reason::BodyTooLarge | Reason::BodyTooLargeToRoute | Reason::BodyTimeout
+        ) || reason.status() == 400
+        {
+            // The rest of the body was never read (or the request has no single reading): this
+            // connection cannot carry another request.
             session.set_keepalive(None);
         }
-        self.respond(
+        let status = reason.status();
+        let mut headers = vec![("countersign-request-id", ctx.request_id.clone())];
+        if status == 401 || reason == Reason::MixedSchemes {
+            headers.extend(self.authenticate(reason.error_code(), reason.description()));
+        }
+        let confirmation = challenge.map(|(challenge, confirmation)| {
+            headers.push(("dpop-nonce", challenge.nonce));
+            confirmation
+        });
+        reply::refusal(
             session,
-            ctx,
-            reason.status(),
+            status,
             reason.error_code(),
             reason.description(),
-            challenge,
+            reason.as_str(),
+            &headers,
+            confirmation,
         )
         .await
     }
 
-    /// The gateway's own answer to a high-impact request, with the DPoP headers a client needs.
-    async fn respond(
-        &self,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        status: u16,
-        code: &str,
-        description: &str,
-        challenge: Option<(Challenge, Value)>,
-    ) -> pingora::Result<()> {
-        let mut headers = vec![("countersign-request-id", ctx.request_id.clone())];
-        if matches!(status, 400 | 401) {
-            headers.push((
+    /// `WWW-Authenticate` (RFC 9449 §7.1) and the CORS exposure a browser client needs.
+    fn authenticate(&self, code: &str, description: &str) -> [(&'static str, String); 2] {
+        [
+            (
                 "www-authenticate",
                 format!(
                     r#"DPoP error="{code}", error_description="{description}", algs="{}""#,
                     self.algs
                 ),
-            ));
-            headers.push((
+            ),
+            (
                 "access-control-expose-headers",
                 "WWW-Authenticate, DPoP-Nonce".to_string(),
-            ));
-        }
-        let mut more = None;
-        if let Some((challenge, confirmation)) = challenge {
-            headers.push(("dpop-nonce", challenge.nonce));
-            more = Some(("confirmation", confirmation));
-        }
-        reply::error(session, status, code, description, &headers, more).await
+            ),
+        ]
     }
 
-    /// The high-impact path: everything is decided before a byte goes upstream.
+    /// The high-impact path: everything is decided before a byte goes upstream. `read` is the
+    /// body when routing already read it.
     async fn confirm_and_forward(
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
         route: Arc<Route>,
+        read: Option<BodyRead>,
     ) -> pingora::Result<()> {
         let req = session.req_header().clone();
         let mut record = self.audit_base(&req, ctx);
@@ -326,61 +337,104 @@ impl Gateway {
         // 1. Session.
         let user = match self.confirmer.session(&req.headers, ctx.peer.trusted) {
             Ok(user) => user,
+            Err(reason) if !route.enforce => {
+                return self
+                    .observe(session, ctx, &route, record, reason, read)
+                    .await
+            }
             Err(reason) => return self.refuse(session, ctx, record, reason, None).await,
         };
         record.subject = user.subject.clone();
         record.session = Some(user.id_hash());
 
         // 2. Body, bounded.
-        let Some(body) = read_body(session, &req, self.config.confirmation.max_body).await? else {
-            return self
-                .refuse(session, ctx, record, Reason::BodyTooLarge, None)
-                .await;
+        let read = match read {
+            Some(read) => read,
+            None => read_body(session, &req, self.config.confirmation.max_body).await?,
+        };
+        let body = match read {
+            BodyRead::Complete(body) => body,
+            BodyRead::TooLarge => {
+                return self
+                    .refuse(session, ctx, record, Reason::BodyTooLarge, None)
+                    .await
+            }
+            BodyRead::TimedOut => {
+                return self
+                    .refuse(session, ctx, record, Reason::BodyTimeout, None)
+                    .await
+            }
         };
         let body_sha256: [u8; 32] = Sha256::digest(&body).into();
         let body_hex = hex::encode(body_sha256);
         record.body_sha256 = Some(body_hex.clone());
+        if !route.enforce && !req.headers.contains_key("dpop") {
+            let read = Some(BodyRead::Complete(body));
+            return self
+                .observe(session, ctx, &route, record, Reason::Unconfirmed, read)
+                .await;
+        }
 
         // 3. Confirmation.
+        let target = RequestTarget::Origin(ctx.target.clone());
         let external =
-            Self::view(ctx).external_uri(self.config.public_origin.as_ref(), req.uri.path());
+            Self::view(ctx).external_uri(self.config.public_origin.as_ref(), target.path());
         let htu = htu::normalize(&external);
-        let target = target_of(&req);
         let exchange = Exchange {
             method: req.method.as_str(),
-            target: &target,
+            overrides: &ctx.overrides,
+            target: &ctx.target,
             htu: htu.as_deref(),
             headers: &req.headers,
             body_sha256: &body_sha256,
         };
         let describe = |c: &Challenge| {
-            json!({
+            let mut described = json!({
                 "route": route.name,
                 "method": req.method.as_str(),
-                "target": target,
+                "target": ctx.target,
                 "htu": htu.as_deref().unwrap_or(&external),
                 "body_sha256": body_hex,
                 "expires_at": humantime::format_rfc3339_seconds(c.expires_at).to_string(),
-            })
+            });
+            if !ctx.overrides.is_empty() {
+                described["method_override"] = json!(ctx.overrides);
+            }
+            described
         };
         let confirmation = match self.confirmer.decide(&user, &exchange).await {
             Outcome::Accepted(c) => c,
+            Outcome::Rejected { reason, .. } if !route.enforce => {
+                let read = Some(BodyRead::Complete(body));
+                return self
+                    .observe(session, ctx, &route, record, reason, read)
+                    .await;
+            }
+            Outcome::Challenged(_) if !route.enforce => {
+                let reason = Reason::Unconfirmed;
+                let read = Some(BodyRead::Complete(body));
+                return self
+                    .observe(session, ctx, &route, record, reason, read)
+                    .await;
+            }
             Outcome::Challenged(challenge) => {
                 record.event = Some(Event::Challenged);
                 self.write_audit(&record);
                 self.count(&route.name, Decision::Challenged);
                 let description = "confirmation required: sign this action with the DPoP-Nonce";
                 let described = describe(&challenge);
-                return self
-                    .respond(
-                        session,
-                        ctx,
-                        401,
-                        "use_dpop_nonce",
-                        description,
-                        Some((challenge, described)),
-                    )
-                    .await;
+                let mut headers = vec![("countersign-request-id", ctx.request_id.clone())];
+                headers.extend(self.authenticate("use_dpop_nonce", description));
+                headers.push(("dpop-nonce", challenge.nonce));
+                return reply::error(
+                    session,
+                    401,
+                    "use_dpop_nonce",
+                    description,
+                    &headers,
+                    Some(("confirmation", described)),
+                )
+                .await;
             }
             Outcome::Rejected {
                 reason,
@@ -416,12 +470,90 @@ impl Gateway {
             route: &route,
             user: &user,
             confirmation: &confirmation,
-            target: &target,
+            target: &ctx.target,
             body_hex: &body_hex,
             body_sha256: &body_sha256,
         };
         let upstream_req = self.confirmed_request(&confirmed, ctx)?;
-        let upstream = self.target(&route)?;
+        self.forward_buffered(
+            session,
+            ctx,
+            &route,
+            upstream_req,
+            body,
+            Some(&confirmed),
+            record,
+        )
+        .await
+    }
+
+    /// Observe mode: audits the request as `observed` with the reason it would have been
+    /// refused, then forwards it unconfirmed. A body too large to read cannot be forwarded.
+    async fn observe(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        route: &Route,
+        mut record: Record,
+        reason: Reason,
+        read: Option<BodyRead>,
+    ) -> pingora::Result<()> {
+        let req = session.req_header().clone();
+        let read = match read {
+            Some(read) => read,
+            None => read_body(session, &req, self.config.confirmation.max_body).await?,
+        };
+        let body = match read {
+            BodyRead::Complete(body) => body,
+            BodyRead::TooLarge => {
+                return self
+                    .refuse(session, ctx, record, Reason::BodyTooLarge, None)
+                    .await
+            }
+            BodyRead::TimedOut => {
+                return self
+                    .refuse(session, ctx, record, Reason::BodyTimeout, None)
+                    .await
+            }
+        };
+        record.body_sha256 = Some(hex::encode(Sha256::digest(&body)));
+        record.event = Some(Event::Observed);
+        record.reason = Some(reason.as_str());
+        self.write_audit(&record);
+        tracing::info!(route = %route.name, reason = reason.as_str(), "observed");
+        self.count(&route.name, Decision::Observed);
+        let upstream_req = self.plain_request(&req, ctx)?;
+        self.forward_buffered(session, ctx, route, upstream_req, body, None, record)
+            .await
+    }
+
+    /// The head a request is forwarded with when it is not a confirmed one.
+    fn plain_request(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+    ) -> pingora::Result<RequestHeader> {
+        let mut up = req.clone();
+        forwarding::strip_request(&mut up, Framing::Buffered);
+        forwarding::set_forwarded(&mut up, ctx.peer, Self::view(ctx));
+        self.rewrite_authorization(&mut up)?;
+        Ok(up)
+    }
+
+    /// Sends a buffered request through the gateway's own connection pool, relays the response
+    /// with its rewrites and writes the `completed` record.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_buffered(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        route: &Route,
+        upstream_req: RequestHeader,
+        body: Bytes,
+        confirmed: Option<&Confirmed<'_>>,
+        mut record: Record,
+    ) -> pingora::Result<()> {
+        let upstream = self.target(route)?;
         let started = Instant::now();
         let sent = self
             .forwarder
@@ -430,7 +562,16 @@ impl Gateway {
         let (status, outcome) = match sent {
             Ok(mut pending) => {
                 let status = pending.head.status.as_u16();
-                self.finish_head(&mut pending, &confirmed, ctx).await;
+                match confirmed {
+                    Some(c) => self.finish_head(&mut pending, c, ctx).await,
+                    None => {
+                        let req = session.req_header().clone();
+                        self.rewrite_urls(&mut pending.head, route, &req, ctx);
+                        let _ = pending
+                            .head
+                            .insert_header("countersign-request-id", ctx.request_id.as_str());
+                    }
+                }
                 let relayed = self.forwarder.relay(session, &upstream.peer, pending).await;
                 (
                     Some(status),
@@ -442,10 +583,10 @@ impl Gateway {
             Err(ForwardError::Upstream(status, e)) => {
                 tracing::warn!(error = %e, route = %route.name, "upstream failed");
                 let (code, text) = upstream_error(status);
-                let headers = [
-                    ("countersign-confirmation-id", confirmation.id.to_string()),
-                    ("countersign-request-id", ctx.request_id.clone()),
-                ];
+                let mut headers = vec![("countersign-request-id", ctx.request_id.clone())];
+                if let Some(c) = confirmed {
+                    headers.push(("countersign-confirmation-id", c.confirmation.id.to_string()));
+                }
                 (
                     None,
                     reply::error(session, status, code, text, &headers, None).await,
@@ -453,12 +594,108 @@ impl Gateway {
             }
             Err(ForwardError::Relay(e)) => (None, Err(e)),
         };
-        self.observe_upstream(&route.name, started);
-        record.event = Some(Event::Completed);
-        record.upstream_status = status;
-        record.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
-        self.write_audit(&record);
+        if route.risk == Risk::High {
+            // Low-risk requests are measured and audited in `logging`, like streamed ones.
+            self.observe_upstream(&route.name, started);
+            record.event = Some(Event::Completed);
+            record.reason = None;
+            record.upstream_status = status;
+            record.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
+            self.write_audit(&record);
+        }
         outcome
+    }
+
+    /// Admits a request head: one valid `Host`, one target ([`RequestTarget::read`]), header
+    /// names without `_`. An absolute-form target is forwarded in the origin-form routed.
+    fn admit(&self, session: &mut Session) -> Result<RequestTarget, TargetError> {
+        let req = session.req_header();
+        let http11 = req.version == http::Version::HTTP_11;
+        let authority = req.uri.authority().map(|a| a.as_str());
+        let host = admission::host(&req.headers, authority, http11)?;
+        let target = RequestTarget::read(req.raw_path(), req.method.as_str(), host)?;
+        let rewrite = req.raw_path() != target.as_str().as_bytes();
+        let dropped = admission::underscored(&req.headers);
+        let req = session.req_header_mut();
+        for name in &dropped {
+            req.remove_header(name);
+        }
+        if rewrite {
+            req.set_raw_path(target.as_str().as_bytes())
+                .map_err(|_| TargetError::NotOriginForm)?;
+        }
+        Ok(target)
+    }
+
+    /// Reads what routing needs beyond the head: the query, the override methods and, when a
+    /// route could depend on it, the body (bounded by `confirmation.max_body`).
+    async fn read_for_routing(
+        &self,
+        session: &mut Session,
+        target: &RequestTarget,
+    ) -> pingora::Result<Reading> {
+        let req = session.req_header();
+        let query = target
+            .query()
+            .map(|q| Fields::urlencoded(q.as_bytes()))
+            .unwrap_or_default();
+        let overrides = conditions::overrides(&req.headers, &query, None);
+        let kind = BodyKind::of(&req.headers);
+        let needed = self.config.routes.needs_body(
+            &req.method,
+            &overrides,
+            target.path(),
+            kind.may_hold_form(),
+        );
+        if !needed {
+            return Ok(Reading {
+                body: None,
+                query,
+                fields: Body::Other,
+                overrides,
+            });
+        }
+        let req = req.clone();
+        let read = read_body(session, &req, self.config.confirmation.max_body).await?;
+        let fields = match &read {
+            BodyRead::Complete(bytes) => Body::read(&req.headers, Some(bytes)).await,
+            _ => Body::Unreadable,
+        };
+        let overrides = conditions::overrides(&req.headers, &query, fields.form());
+        Ok(Reading {
+            body: Some(read),
+            query,
+            fields,
+            overrides,
+        })
+    }
+
+    /// Forwards a low-risk request whose body routing already read.
+    async fn forward_read(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        route: &Route,
+        read: BodyRead,
+    ) -> pingora::Result<()> {
+        let req = session.req_header().clone();
+        let record = self.audit_base(&req, ctx);
+        let body = match read {
+            BodyRead::Complete(body) => body,
+            BodyRead::TooLarge => {
+                let reason = Reason::BodyTooLargeToRoute;
+                return self.refuse(session, ctx, record, reason, None).await;
+            }
+            BodyRead::TimedOut => {
+                return self
+                    .refuse(session, ctx, record, Reason::BodyTimeout, None)
+                    .await
+            }
+        };
+        self.count(&route.name, Decision::Passthrough);
+        let upstream_req = self.plain_request(&req, ctx)?;
+        self.forward_buffered(session, ctx, route, upstream_req, body, None, record)
+            .await
     }
 
     /// Rewrites the response head of a confirmed request: URLs, the confirmation id, a session
@@ -494,7 +731,8 @@ impl Gateway {
             return;
         };
         let base = Self::view(ctx).base(self.config.public_origin.as_ref());
-        let Some(next) = forwarding::gateway_target(location, &base, c.req.uri.path()) else {
+        let request_path = c.target.split('?').next().unwrap_or("/");
+        let Some(next) = forwarding::gateway_target(location, &base, request_path) else {
             return;
         };
         // RFC 9110 §15.4: 301/302/303 are followed with GET and no body; 307/308 repeat the request.
@@ -506,11 +744,16 @@ impl Gateway {
         let Ok(next_method) = method.parse::<http::Method>() else {
             return;
         };
-        let path = next.split('?').next().unwrap_or("/");
+        let (path, query) = next.split_once('?').unwrap_or((next.as_str(), ""));
+        let query = Fields::urlencoded(query.as_bytes());
+        let follow = routes::Request {
+            query: &query,
+            ..routes::Request::plain(&next_method, path)
+        };
         let leads_to_high = self
             .config
             .routes
-            .lookup(&next_method, path)
+            .lookup(&follow)
             .is_some_and(|r| r.risk == Risk::High);
         if !leads_to_high {
             return;
@@ -518,6 +761,7 @@ impl Gateway {
         let follow_up = Action {
             session_id: &session_id,
             method,
+            overrides: "",
             target: &next,
             body_sha256,
         };
@@ -563,6 +807,7 @@ impl Gateway {
             parent: chain.map(|ch| ch.root.as_str()),
             via: chain.map(|ch| ch.parent.as_str()),
             sub: c.user.subject.as_deref(),
+            htm_override: (!ctx.overrides.is_empty()).then_some(ctx.overrides.as_str()),
             sid_hash: &sid_hash,
             jkt: &c.confirmation.jkt,
             htm: c.req.method.as_str(),
@@ -605,27 +850,30 @@ fn upstream_error(status: u16) -> (&'static str, &'static str) {
     }
 }
 
-/// The request target in origin-form, exactly as received.
-fn target_of(req: &RequestHeader) -> String {
-    req.uri
-        .path_and_query()
-        .map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string())
+/// A request body as far as the gateway read it.
+enum BodyRead {
+    /// All of it.
+    Complete(Bytes),
+    /// Larger than the limit; the rest is unread.
+    TooLarge,
+    /// It did not arrive within [`BODY_READ_TIMEOUT`].
+    TimedOut,
 }
 
-/// Reads the whole body up to `max` bytes; `None` when it is larger. Answers
-/// `Expect: 100-continue` only for a body that may fit.
+/// Reads the whole body up to `max` bytes. Answers `Expect: 100-continue` only for a body that
+/// may fit.
 async fn read_body(
     session: &mut Session,
     req: &RequestHeader,
     max: usize,
-) -> pingora::Result<Option<Bytes>> {
+) -> pingora::Result<BodyRead> {
     let declared = req
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Ok(None);
+        return Ok(BodyRead::TooLarge);
     }
     let expects_continue = req
         .headers
@@ -641,21 +889,31 @@ async fn read_body(
     let mut body = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
     let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
     loop {
-        let chunk = tokio::time::timeout_at(deadline, session.read_request_body())
-            .await
-            .map_err(|_| {
-                Error::explain(ErrorType::ReadTimedout, "request body read timed out")
-            })??;
-        match chunk {
+        let Ok(chunk) = tokio::time::timeout_at(deadline, session.read_request_body()).await else {
+            return Ok(BodyRead::TimedOut);
+        };
+        match chunk? {
             Some(chunk) => {
                 if body.len() + chunk.len() > max {
-                    return Ok(None);
+                    return Ok(BodyRead::TooLarge);
                 }
                 body.extend_from_slice(&chunk);
             }
-            None => return Ok(Some(body.freeze())),
+            None => return Ok(BodyRead::Complete(body.freeze())),
         }
     }
+}
+
+/// What routing learnt of a request beyond its target.
+struct Reading {
+    /// The body, when routing had to read it.
+    body: Option<BodyRead>,
+    /// Its query parameters.
+    query: Fields,
+    /// Its form or JSON fields, when the body was read.
+    fields: Body,
+    /// The methods the request stands for through overrides.
+    overrides: Vec<http::Method>,
 }
 
 #[async_trait]
@@ -665,6 +923,8 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             route: None,
+            target: String::new(),
+            overrides: String::new(),
             peer: Peer {
                 ip: None,
                 trusted: false,
@@ -686,19 +946,53 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         ctx.peer = Peer::new(ip, &self.config.trusted_proxies);
-        let req = session.req_header();
-        ctx.view = Some(ClientView::of(&req.headers, &req.uri, ctx.peer));
-        let route = self
-            .config
-            .routes
-            .lookup(&req.method, req.uri.path())
-            .cloned();
         ctx.span = tracing::info_span!(
             "request",
             request_id = %ctx.request_id,
-            method = %req.method,
-            route = route.as_ref().map_or("", |r| r.name.as_str()),
+            method = %session.req_header().method,
+            route = tracing::field::Empty,
         );
+
+        // One reading of the request: its target, its host, its header names.
+        let target = match self.admit(session) {
+            Ok(target) => target,
+            Err(_) => {
+                let record = self.audit_base(session.req_header(), ctx);
+                let span = ctx.span.clone();
+                self.refuse(session, ctx, record, Reason::InvalidTarget, None)
+                    .instrument(span)
+                    .await?;
+                return Ok(true);
+            }
+        };
+        ctx.target = target.as_str().to_string();
+        let req = session.req_header();
+        ctx.view = Some(ClientView::of(&req.headers, &req.uri, ctx.peer));
+
+        // Routing, with the body when a route could depend on it.
+        let reading = self.read_for_routing(session, &target).await?;
+        let req = session.req_header();
+        let route = {
+            let any_method =
+                reading.fields == Body::Unreadable && BodyKind::of(&req.headers).may_hold_form();
+            self.config
+                .routes
+                .lookup(&routes::Request {
+                    method: &req.method,
+                    overrides: &reading.overrides,
+                    any_method,
+                    path: target.path(),
+                    query: &reading.query,
+                    body: &reading.fields,
+                })
+                .cloned()
+        };
+        ctx.overrides = reading
+            .overrides
+            .iter()
+            .map(http::Method::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
         let Some(route) = route else {
             let headers = [("countersign-request-id", ctx.request_id.clone())];
             reply::error(
@@ -712,15 +1006,37 @@ impl ProxyHttp for Gateway {
             .await?;
             return Ok(true);
         };
+        ctx.span.record("route", route.name.as_str());
         ctx.route = Some(route.clone());
-        match route.risk {
-            Risk::Low => {
+        let span = ctx.span.clone();
+
+        // Protocol upgrades only as WebSocket handshakes on routes made for them.
+        let req = session.req_header();
+        if admission::wants_upgrade(&req.headers) {
+            let allowed = route.websocket
+                && admission::is_websocket_handshake(&req.headers)
+                && !self.config.routes.high_on_path(target.path());
+            if !allowed {
+                let record = self.audit_base(req, ctx);
+                self.refuse(session, ctx, record, Reason::UpgradeRefused, None)
+                    .instrument(span)
+                    .await?;
+                return Ok(true);
+            }
+        }
+        match (route.risk, reading.body) {
+            (Risk::Low, None) => {
                 self.count(&route.name, Decision::Passthrough);
                 Ok(false)
             }
-            Risk::High => {
-                let span = ctx.span.clone();
-                self.confirm_and_forward(session, ctx, route)
+            (Risk::Low, Some(read)) => {
+                self.forward_read(session, ctx, &route, read)
+                    .instrument(span)
+                    .await?;
+                Ok(true)
+            }
+            (Risk::High, read) => {
+                self.confirm_and_forward(session, ctx, route, read)
                     .instrument(span)
                     .await?;
                 Ok(true)
@@ -757,6 +1073,18 @@ impl ProxyHttp for Gateway {
         head: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            let route_allows = ctx.route.as_ref().is_some_and(|r| r.websocket);
+            if !route_allows
+                || !admission::websocket_accepted(&session.req_header().headers, &head.headers)
+            {
+                // Fail closed: a tunnel the gateway never checks opens only for a real WebSocket.
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "upstream answered 101 without a valid WebSocket handshake",
+                ));
+            }
+        }
         if let Some(route) = ctx.route.clone() {
             self.rewrite_urls(head, &route, session.req_header(), ctx);
         }

@@ -2,8 +2,10 @@
 //! with a confirmation bound to one session, one device key, one exact action, one short window,
 //! and one use (DPoP, RFC 9449, with a gateway nonce).
 
+pub mod admission;
 pub mod alg;
 pub mod audit;
+pub mod conditions;
 pub mod config;
 pub mod confirm;
 pub mod demo;
@@ -23,3 +25,4 @@ pub mod routes;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod target;

@@ -40,6 +40,8 @@ pub enum Decision {
     Rejected,
     /// Confirmed and forwarded.
     Accepted,
+    /// Observe mode: forwarded unconfirmed, audited with the reason it would have been refused.
+    Observed,
 }
 
 impl Decision {
@@ -50,6 +52,7 @@ impl Decision {
             Decision::Challenged => "challenged",
             Decision::Rejected => "rejected",
             Decision::Accepted => "accepted",
+            Decision::Observed => "observed",
         }
     }
 }
@@ -173,8 +176,9 @@ impl Metrics {
     }
 
     /// The per-route series of one route, resolved once so the request path does no label
-    /// lookups. Only the decisions a route can take are created (and exported at zero).
-    pub fn for_route(&self, route: &str, high_impact: bool) -> RouteMetrics {
+    /// lookups. Only the decisions a route can take are created (and exported at zero);
+    /// `observe` is a high-impact route in observe mode.
+    pub fn for_route(&self, route: &str, high_impact: bool, observe: bool) -> RouteMetrics {
         let counter = |decision: Decision, possible: bool| {
             possible.then(|| self.requests.with_label_values(&[route, decision.as_str()]))
         };
@@ -183,6 +187,7 @@ impl Metrics {
             challenged: counter(Decision::Challenged, high_impact),
             rejected: counter(Decision::Rejected, high_impact),
             accepted: counter(Decision::Accepted, high_impact),
+            observed: counter(Decision::Observed, observe),
             upstream: self.upstream.with_label_values(&[route]),
         }
     }
@@ -205,6 +210,7 @@ pub struct RouteMetrics {
     challenged: Option<IntCounter>,
     rejected: Option<IntCounter>,
     accepted: Option<IntCounter>,
+    observed: Option<IntCounter>,
     /// Upstream latency of this route.
     pub upstream: Histogram,
 }
@@ -217,6 +223,7 @@ impl RouteMetrics {
             Decision::Challenged => &self.challenged,
             Decision::Rejected => &self.rejected,
             Decision::Accepted => &self.accepted,
+            Decision::Observed => &self.observed,
         };
         if let Some(counter) = counter {
             counter.inc();

@@ -7,13 +7,17 @@ use rand::RngCore;
 
 use crate::store::{self, Key};
 
-/// The action a confirmation is for (CONTRACT §3): session, method, exact target, body.
+/// The action a confirmation is for (docs/protocol.md, "The exchange"): session, method, the
+/// methods it stands for through overrides, exact target, body.
 #[derive(Debug, Clone, Copy)]
 pub struct Action<'a> {
     /// The session id.
     pub session_id: &'a str,
     /// The request method.
     pub method: &'a str,
+    /// The methods the request stands for through override headers or `_method`, comma-joined;
+    /// empty when none. A nonce for a plain POST cannot confirm a POST that stands for DELETE.
+    pub overrides: &'a str,
     /// The request target in origin-form, query included, exactly as received.
     pub target: &'a str,
     /// SHA-256 of the request body.
@@ -28,6 +32,7 @@ impl Action<'_> {
             &[
                 self.session_id.as_bytes(),
                 self.method.as_bytes(),
+                self.overrides.as_bytes(),
                 self.target.as_bytes(),
                 self.body_sha256,
             ],
@@ -68,6 +73,7 @@ mod tests {
         let base = Action {
             session_id: "s",
             method: "POST",
+            overrides: "",
             target: "/a?x=1",
             body_sha256: &body,
         };
@@ -78,6 +84,10 @@ mod tests {
             },
             Action {
                 method: "PUT",
+                ..base
+            },
+            Action {
+                overrides: "DELETE",
                 ..base
             },
             Action {

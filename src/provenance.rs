@@ -35,8 +35,12 @@ pub struct Claims<'a> {
     /// The immediate parent in a redirect chain, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<&'a str>,
-    /// Session subject, else null.
+    /// Session subject; omitted when the session has none (RFC 7519 §4.1.2: a string).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sub: Option<&'a str>,
+    /// The methods the request stands for through override headers or `_method`, when any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub htm_override: Option<&'a str>,
     /// First 16 hex of SHA-256 of the session id.
     pub sid_hash: &'a str,
     /// Device key thumbprint.
@@ -202,6 +206,7 @@ mod tests {
             parent,
             via: None,
             sub,
+            htm_override: None,
             sid_hash: "0123456789abcdef",
             jkt: "k",
             htm: "DELETE",
@@ -247,6 +252,7 @@ mod tests {
         let token = signer.token(claims(Some("p"), None));
         let claims = verify(&signer, &token, Algorithm::ES256);
         assert_eq!(claims["parent"], "p");
-        assert_eq!(claims["sub"], Value::Null);
+        // RFC 7519 §4.1.2: `sub` is a string; a session without a subject has none.
+        assert!(claims.get("sub").is_none(), "{claims}");
     }
 }

@@ -1,9 +1,19 @@
-//! Why a high-impact request was refused. One enum, so the response, the audit record and the
-//! metric label can never disagree: `as_str()` is the contract's reason string (CONTRACT §4).
+//! Why a request was refused. One enum, so the response, the audit record and the metric label
+//! can never disagree: `as_str()` is the reason string of docs/protocol.md ("Checks and reasons").
 
-/// A refusal of a high-impact request, in the order the checks run.
+/// A refusal, in the order the checks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
+    /// The request target or `Host` has no single reading (400, before routing).
+    InvalidTarget,
+    /// A protocol upgrade outside a route made for WebSockets (400).
+    UpgradeRefused,
+    /// The body needed for routing is larger than `confirmation.max_body` (413).
+    BodyTooLargeToRoute,
+    /// The body did not arrive within the body read timeout (408).
+    BodyTimeout,
+    /// Observe mode only: the request carried no confirmation at all.
+    Unconfirmed,
     /// No session credential on the request.
     NoSession,
     /// The session credential is invalid or expired, or a DPoP-bound token came as `Bearer`.
@@ -54,9 +64,13 @@ impl Reason {
     /// The contract's reason string, used in audit records and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
+            Reason::InvalidTarget => "invalid_target",
+            Reason::UpgradeRefused => "upgrade_refused",
+            Reason::BodyTimeout => "body_timeout",
+            Reason::Unconfirmed => "unconfirmed",
             Reason::NoSession => "no_session",
             Reason::InvalidSession => "invalid_session",
-            Reason::BodyTooLarge => "body_too_large",
+            Reason::BodyTooLarge | Reason::BodyTooLargeToRoute => "body_too_large",
             Reason::Malformed | Reason::MixedSchemes => "malformed",
             Reason::BadTyp => "bad_typ",
             Reason::BadAlg => "bad_alg",
@@ -81,7 +95,13 @@ impl Reason {
     pub fn error_code(self) -> &'static str {
         match self {
             Reason::NoSession | Reason::InvalidSession => "invalid_token",
-            Reason::BodyTooLarge | Reason::MixedSchemes => "invalid_request",
+            Reason::InvalidTarget
+            | Reason::UpgradeRefused
+            | Reason::BodyTooLarge
+            | Reason::BodyTooLargeToRoute
+            | Reason::MixedSchemes => "invalid_request",
+            Reason::BodyTimeout => "request_timeout",
+            Reason::Unconfirmed => "use_dpop_nonce",
             Reason::NonceMissing
             | Reason::NonceExpired
             | Reason::NonceReplay
@@ -94,8 +114,9 @@ impl Reason {
     /// The HTTP status of the refusal.
     pub fn status(self) -> u16 {
         match self {
-            Reason::BodyTooLarge => 413,
-            Reason::MixedSchemes => 400,
+            Reason::BodyTooLarge | Reason::BodyTooLargeToRoute => 413,
+            Reason::MixedSchemes | Reason::InvalidTarget | Reason::UpgradeRefused => 400,
+            Reason::BodyTimeout => 408,
             Reason::StoreUnavailable | Reason::AuditUnavailable => 503,
             _ => 401,
         }
@@ -104,6 +125,15 @@ impl Reason {
     /// A human-readable description; never contains request data.
     pub fn description(self) -> &'static str {
         match self {
+            Reason::InvalidTarget => {
+                "the request target must be one absolute path (or absolute URL for this host) and Host one valid host[:port]"
+            }
+            Reason::UpgradeRefused => "protocol upgrades pass only on routes configured for WebSockets",
+            Reason::BodyTooLargeToRoute => {
+                "request body exceeds the limit the gateway reads to route this request"
+            }
+            Reason::BodyTimeout => "the request body did not arrive in time",
+            Reason::Unconfirmed => "no confirmation: this request would have been challenged",
             Reason::NoSession => "no session credential",
             Reason::InvalidSession => "session credential invalid or expired",
             Reason::BodyTooLarge => "request body exceeds the confirmation limit",

@@ -22,6 +22,24 @@ pub async fn error(
     json_body(session, status, body.to_string().into_bytes(), extra).await
 }
 
+/// Writes a refusal: the JSON error with its `reason` (the audit and metric reason) and, for a
+/// challenge, what is being confirmed.
+pub async fn refusal(
+    session: &mut Session,
+    status: u16,
+    error: &str,
+    description: &str,
+    reason: &str,
+    extra: &[(&'static str, String)],
+    confirmation: Option<Value>,
+) -> pingora::Result<()> {
+    let mut body = json!({ "error": error, "error_description": description, "reason": reason });
+    if let (Some(confirmation), Value::Object(map)) = (confirmation, &mut body) {
+        map.insert("confirmation".to_string(), confirmation);
+    }
+    json_body(session, status, body.to_string().into_bytes(), extra).await
+}
+
 /// Writes a JSON body with `status`.
 pub async fn json_body(
     session: &mut Session,

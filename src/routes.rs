@@ -1,18 +1,21 @@
-//! The compiled route table: `(method, path)` → the first configured [`Route`] that matches, with its
-//! risk and upstream. Templates are parsed once at load; matching walks the request path segment by
-//! segment without allocating. Literal segments compare byte for byte: the path must already be in
-//! the form the gateway decided to accept (no dot segments, no encoded slashes) before it gets here.
+//! The compiled route table: a request (its methods, path, query and body fields) → the first
+//! configured [`Route`] that matches, with its risk and upstream. Templates are parsed once at
+//! load; matching walks the request path segment by segment without allocating. Every reading a
+//! lenient upstream could give the request (another method through an override, a decoded or
+//! resolved path) is matched too, and a high-impact match wins.
 
 use std::sync::Arc;
 
 use http::Method;
+
+use crate::conditions::{Body, Conditions, Fields};
 
 /// How a route is treated: proxied untouched, or only with a confirmation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Risk {
     /// Proxied untouched, streamed.
     Low,
-    /// Executes only with a confirmation (CONTRACT §3).
+    /// Executes only with a confirmation (docs/protocol.md, "The exchange").
     High,
 }
 
@@ -95,6 +98,11 @@ impl PathTemplate {
                 names.push(name);
                 segment
             } else {
+                if let Some(fix) = foreign_syntax(part) {
+                    return Err(format!(
+                        "path template {template:?}: segment {part:?} looks like another router's syntax; {fix}"
+                    ));
+                }
                 if part.contains(['{', '}']) {
                     return Err(format!(
                         "path template {template:?}: segment {part:?} has a stray brace; a parameter is a whole segment, {{name}} or {{*name}}"
@@ -163,6 +171,22 @@ impl PathTemplate {
     }
 }
 
+/// What to write instead of a segment in another router's syntax (`:id`, `<id>`, `*`, a regex),
+/// which would otherwise be a literal that never matches.
+fn foreign_syntax(part: &str) -> Option<&'static str> {
+    if part.starts_with(':') || (part.starts_with('<') && part.ends_with('>')) {
+        Some("write a parameter as {name}, e.g. /things/{id}")
+    } else if part.contains('*') {
+        Some("write the rest of the path as a last segment {*rest}")
+    } else if part.contains(['(', ')', '[', ']', '^', '$', '|', '+', '<', '>'])
+        || part.contains(".*")
+    {
+        Some("templates are not regular expressions: use literal segments, {name} and {*rest}")
+    } else {
+        None
+    }
+}
+
 fn is_param_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -184,10 +208,37 @@ pub struct Route {
     pub upstream: String,
     /// Whether it needs a confirmation.
     pub risk: Risk,
+    /// Query, form and JSON conditions (`match.query/form/json`).
+    pub conditions: Conditions,
+    /// `false`: observe mode, a high-impact route that forwards unconfirmed requests and audits
+    /// them as `observed`.
+    pub enforce: bool,
+    /// Whether WebSocket upgrades may pass (`websocket: true`, low-risk routes only).
+    pub websocket: bool,
 }
 
 impl Route {
-    /// Whether this route matches the request method and path.
+    /// A route with no conditions, enforcing, without upgrades.
+    pub fn new(
+        name: &str,
+        methods: Option<Vec<Method>>,
+        template: PathTemplate,
+        upstream: &str,
+        risk: Risk,
+    ) -> Route {
+        Route {
+            name: name.to_string(),
+            methods,
+            template,
+            upstream: upstream.to_string(),
+            risk,
+            conditions: Conditions::default(),
+            enforce: true,
+            websocket: false,
+        }
+    }
+
+    /// Whether this route matches the request method and path (conditions aside).
     pub fn matches(&self, method: &Method, path: &str) -> bool {
         self.accepts(method) && self.template.matches(path)
     }
@@ -216,36 +267,99 @@ impl RouteTable {
         }
     }
 
-    /// The first route matching `method` and `path` (the path without query), if any.
+    /// The first route matching `method` and `path` (the path without query) with no regard to
+    /// conditions, if any: where a redirect leads, for continuation nonces.
     pub fn find(&self, method: &Method, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|route| route.matches(method, path))
     }
 
-    /// The route for a request as received. When the method or path could mean something else
-    /// to a lenient upstream (a lower-case method; dot or empty segments, backslashes,
-    /// percent-encoding, `;` parameters, a trailing slash, upper-case letters), the request is
-    /// also matched loosely: method upper-cased, path in its canonical form ([`canonical_path`]),
-    /// literals without regard to case. If the loose reading reaches a high-impact route, that
-    /// route applies, so an upstream that normalises cannot be reached around a confirmation.
-    pub fn lookup(&self, method: &Method, raw_path: &str) -> Option<&Arc<Route>> {
-        let raw = self.find(method, raw_path);
+    /// The route for a request. The request line's method and path are matched first, first
+    /// route wins. Then every other reading a lenient upstream could give the request: each
+    /// method it stands for through an override; a lower-case method upper-cased; a path with
+    /// dot or empty segments, backslashes, percent-encoding, `;` parameters, a trailing slash or
+    /// upper-case letters in its canonical form ([`canonical_path`]), literals without regard to
+    /// case. If any reading reaches a high-impact route, that route applies, so an upstream that
+    /// normalises or honours overrides cannot be reached around a confirmation.
+    pub fn lookup(&self, req: &Request<'_>) -> Option<&Arc<Route>> {
+        let strict = |method: &Method| {
+            self.routes.iter().find(|r| {
+                r.matches(method, req.path)
+                    && r.conditions.hold(req.query, req.body, r.risk == Risk::High)
+            })
+        };
+        let raw = strict(req.method);
         if raw.is_some_and(|r| r.risk == Risk::High) {
             return raw;
         }
-        let odd_method = method.as_str().bytes().any(|b| b.is_ascii_lowercase());
-        if !odd_method && !is_ambiguous(raw_path) {
-            return raw;
+        let mut first_override = None;
+        for method in req.overrides {
+            let hit = strict(method);
+            if hit.is_some_and(|r| r.risk == Risk::High) {
+                return hit;
+            }
+            first_override = first_override.or(hit);
         }
-        let loose_method = Method::from_bytes(method.as_str().to_ascii_uppercase().as_bytes())
-            .unwrap_or_else(|_| method.clone());
-        let canonical = canonical_path(raw_path);
-        let loose = |route: &&Arc<Route>| {
-            route.risk == Risk::High
-                && route.accepts(&loose_method)
-                && (route.template.matches_ignoring_case(&canonical)
-                    || route.template.matches_ignoring_case(raw_path))
-        };
-        self.routes.iter().find(loose).or(raw)
+        let odd_method = req.method.as_str().bytes().any(|b| b.is_ascii_lowercase());
+        let loose_needed = odd_method || req.any_method || is_ambiguous(req.path);
+        if loose_needed {
+            let canonical = canonical_path(req.path);
+            let loose_method =
+                Method::from_bytes(req.method.as_str().to_ascii_uppercase().as_bytes())
+                    .unwrap_or_else(|_| req.method.clone());
+            let loose = |route: &&Arc<Route>| {
+                route.risk == Risk::High
+                    && (req.any_method
+                        || route.accepts(&loose_method)
+                        || req.overrides.iter().any(|m| route.accepts(m)))
+                    && (route.template.matches_ignoring_case(&canonical)
+                        || route.template.matches_ignoring_case(req.path))
+                    && route.conditions.hold(req.query, req.body, true)
+            };
+            if let Some(high) = self.routes.iter().find(loose) {
+                return Some(high);
+            }
+        }
+        raw.or(first_override)
+    }
+
+    /// Whether the body must be read before routing: a route that could match by method and
+    /// path has body conditions, or the body is a form whose `_method` field could make the
+    /// request stand for the method of a high-impact route on this path.
+    pub fn needs_body(
+        &self,
+        method: &Method,
+        overrides: &[Method],
+        path: &str,
+        form: bool,
+    ) -> bool {
+        let mut canonical = None;
+        self.routes.iter().any(|r| {
+            let by_body = r.conditions.on_body() || (form && r.risk == Risk::High);
+            if !by_body {
+                return false;
+            }
+            let by_method = form
+                || r.accepts(method)
+                || overrides.iter().any(|m| r.accepts(m))
+                || r.risk == Risk::High;
+            if !by_method {
+                return false;
+            }
+            r.template.matches(path)
+                || (r.risk == Risk::High && {
+                    let c = canonical.get_or_insert_with(|| canonical_path(path));
+                    r.template.matches_ignoring_case(c) || r.template.matches_ignoring_case(path)
+                })
+        })
+    }
+
+    /// Whether a high-impact route matches this path (any reading, any method).
+    pub fn high_on_path(&self, path: &str) -> bool {
+        let canonical = canonical_path(path);
+        self.routes.iter().any(|r| {
+            r.risk == Risk::High
+                && (r.template.matches(path) || r.template.matches_ignoring_case(&canonical))
+        })
     }
 
     /// Every route, in match order.
@@ -261,6 +375,38 @@ impl RouteTable {
     /// Whether the table has no routes.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+}
+
+/// A request as the router sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The request line's method.
+    pub method: &'a Method,
+    /// Further methods it stands for (override headers, `_method`).
+    pub overrides: &'a [Method],
+    /// `true` when an unreadable form body could name any method: every method is considered.
+    pub any_method: bool,
+    /// The path, without query.
+    pub path: &'a str,
+    /// The query's parameters.
+    pub query: &'a Fields,
+    /// What was read of the body (`Body::Other` when it was not needed).
+    pub body: &'a Body,
+}
+
+impl<'a> Request<'a> {
+    /// A request with nothing but a method and a path.
+    pub fn plain(method: &'a Method, path: &'a str) -> Request<'a> {
+        static NO_FIELDS: Fields = Fields::empty();
+        Request {
+            method,
+            overrides: &[],
+            any_method: false,
+            path,
+            query: &NO_FIELDS,
+            body: &Body::Other,
+        }
     }
 }
 
@@ -353,11 +499,11 @@ mod tests {
             route("default", None, "/{*rest}", Risk::Low),
         ]);
         let found = table
-            .lookup(&Method::HEAD, "/deploys/17/confirm")
+            .lookup(&Request::plain(&Method::HEAD, "/deploys/17/confirm"))
             .expect("route");
         assert_eq!(found.name, "confirm");
         let found = table
-            .lookup(&Method::POST, "/deploys/17/confirm")
+            .lookup(&Request::plain(&Method::POST, "/deploys/17/confirm"))
             .expect("route");
         assert_eq!(found.name, "default");
     }
@@ -384,20 +530,23 @@ mod tests {
             "/api/users;x=1/1",
         ] {
             let found = table
-                .lookup(&Method::DELETE, path)
+                .lookup(&Request::plain(&Method::DELETE, path))
                 .expect("a route matches");
             assert_eq!(found.name, "delete", "{path}");
         }
         assert_eq!(
             table
-                .lookup(&Method::DELETE, "/api/users")
+                .lookup(&Request::plain(&Method::DELETE, "/api/users"))
                 .expect("route")
                 .name,
             "default"
         );
         let lower = Method::from_bytes(b"delete").expect("an extension method");
         assert_eq!(
-            table.lookup(&lower, "/api/users/1").expect("route").name,
+            table
+                .lookup(&Request::plain(&lower, "/api/users/1"))
+                .expect("route")
+                .name,
             "delete"
         );
     }
@@ -407,13 +556,13 @@ mod tests {
     }
 
     fn route(name: &str, methods: Option<&[Method]>, path: &str, risk: Risk) -> Route {
-        Route {
-            name: name.to_string(),
-            methods: methods.map(<[Method]>::to_vec),
-            template: template(path),
-            upstream: "legacy-admin".to_string(),
+        Route::new(
+            name,
+            methods.map(<[Method]>::to_vec),
+            template(path),
+            "legacy-admin",
             risk,
-        }
+        )
     }
 
     #[test]

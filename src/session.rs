@@ -261,7 +261,9 @@ fn authorization(headers: &HeaderMap) -> Result<(bool, &str), SessionError> {
 }
 
 /// The one cookie called `name`. A request carrying it twice is ambiguous (the upstream may read
-/// either), so it identifies no session.
+/// either), so it identifies no session; so is one carrying a look-alike (`Session`, `sess%69on`)
+/// next to it, since case-insensitive (ASP.NET) or percent-decoding (older PHP) upstreams read
+/// the look-alike as the session cookie.
 fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, SessionError> {
     let mut values = headers
         .get_all(http::header::COOKIE)
@@ -270,7 +272,8 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, SessionErro
         .filter_map(|pair| {
             let pair = std::str::from_utf8(pair).ok()?.trim();
             let (k, v) = pair.split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+            let k = k.trim();
+            (k == name || looks_like(k, name)).then(|| v.trim().trim_matches('"'))
         });
     let value = values.next().ok_or(SessionError::Missing)?;
     if values.next().is_some() {
@@ -280,6 +283,21 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, SessionErro
         return Err(SessionError::Missing);
     }
     Ok(value)
+}
+
+/// Whether a cookie name reads as `name` once case is ignored or percent-escapes decoded.
+fn looks_like(candidate: &str, name: &str) -> bool {
+    if candidate.eq_ignore_ascii_case(name) {
+        return true;
+    }
+    if !candidate.contains('%') {
+        return false;
+    }
+    let decoded: Vec<u8> = form_urlencoded::parse(format!("{candidate}=").as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned().into_bytes())
+        .unwrap_or_default();
+    decoded.eq_ignore_ascii_case(name.as_bytes())
 }
 
 impl JwtVerifier {

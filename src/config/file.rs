@@ -23,6 +23,7 @@ use super::{
     Upstream, UpstreamScheme,
 };
 use crate::alg::ProofAlg;
+use crate::conditions::{Allowed, Conditions};
 use crate::routes::{PathTemplate, Risk, Route, RouteTable};
 
 /// The field path of an error about the document as a whole.
@@ -706,6 +707,75 @@ struct FileRoute {
     matcher: FileMatch,
     upstream: String,
     risk: FileRisk,
+    /// `false`: observe mode (high-impact routes only).
+    enforce: Option<bool>,
+    /// `true`: WebSocket upgrades may pass (low-risk routes only).
+    websocket: Option<bool>,
+}
+
+/// One condition's allowed values: a scalar, a list of scalars, or `"*"` (present at all).
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a value, a list of values, or \"*\" for present with any value"
+)]
+enum FileAllowed {
+    One(FileScalar),
+    Many(Vec<FileScalar>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FileScalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl FileScalar {
+    fn value(self) -> serde_json::Value {
+        match self {
+            FileScalar::Bool(b) => b.into(),
+            FileScalar::Int(i) => i.into(),
+            FileScalar::Float(f) => f.into(),
+            FileScalar::Str(s) => s.into(),
+        }
+    }
+}
+
+/// Compiles `match.query`, `match.form` or `match.json`.
+fn conditions(
+    path: &str,
+    file: Option<BTreeMap<String, FileAllowed>>,
+    pointers: bool,
+) -> Result<BTreeMap<String, Allowed>, Invalid> {
+    let mut out = BTreeMap::new();
+    for (name, allowed) in file.unwrap_or_default() {
+        if pointers && !name.starts_with('/') {
+            return invalid(
+                format!("{path}.{name}"),
+                "a JSON pointer (RFC 6901) starting with '/', e.g. \"/action\" or \"/user/role\"",
+            );
+        }
+        if name.is_empty() {
+            return invalid(path, "a condition needs a non-empty name");
+        }
+        let allowed =
+            match allowed {
+                FileAllowed::One(FileScalar::Str(s)) if s == "*" => Allowed::Any,
+                FileAllowed::One(v) => Allowed::OneOf(vec![v.value()]),
+                FileAllowed::Many(list) if list.is_empty() => return invalid(
+                    format!("{path}.{name}"),
+                    "lists no value, so the condition could never hold; use \"*\" for any value",
+                ),
+                FileAllowed::Many(list) => {
+                    Allowed::OneOf(list.into_iter().map(FileScalar::value).collect())
+                }
+            };
+        out.insert(name, allowed);
+    }
+    Ok(out)
 }
 
 /// `routes[i].match`.
@@ -717,6 +787,9 @@ struct FileRoute {
 struct FileMatch {
     methods: Option<Vec<Parsed<Method>>>,
     path: Parsed<PathTemplate>,
+    query: Option<BTreeMap<String, FileAllowed>>,
+    form: Option<BTreeMap<String, FileAllowed>>,
+    json: Option<BTreeMap<String, FileAllowed>>,
 }
 
 /// Route and upstream names: they end up in metric labels, audit records and log lines.
@@ -1195,7 +1268,8 @@ fn validate_routes(
                 ),
             );
         }
-        let methods = match file_route.matcher.methods {
+        let matcher = file_route.matcher;
+        let methods = match matcher.methods {
             None => None,
             Some(list) if list.is_empty() => {
                 return invalid(
@@ -1213,11 +1287,41 @@ fn validate_routes(
                 Some(methods)
             }
         };
-        let template = file_route.matcher.path.0;
+        let template = matcher.path.0;
+        let conditions = Conditions {
+            query: conditions(&format!("{path}.match.query"), matcher.query, false)?,
+            form: conditions(&format!("{path}.match.form"), matcher.form, false)?,
+            json: conditions(&format!("{path}.match.json"), matcher.json, true)?,
+        };
+        if !conditions.form.is_empty() && !conditions.json.is_empty() {
+            return invalid(
+                format!("{path}.match"),
+                "a body is a form or JSON, never both: split form and json conditions into two routes",
+            );
+        }
+        let risk = match file_route.risk {
+            FileRisk::Low => Risk::Low,
+            FileRisk::High => Risk::High,
+        };
+        let enforce = file_route.enforce.unwrap_or(true);
+        if !enforce && risk == Risk::Low {
+            return invalid(
+                format!("{path}.enforce"),
+                "observe mode (enforce: false) applies to risk: high routes only",
+            );
+        }
+        let websocket = file_route.websocket.unwrap_or(false);
+        if websocket && risk == Risk::High {
+            return invalid(
+                format!("{path}.websocket"),
+                "a high-impact route cannot open a WebSocket tunnel: what passes through it is never confirmed",
+            );
+        }
         for (j, earlier) in routes.iter().enumerate() {
             let same_paths =
                 earlier.template.is_catch_all() || earlier.template.as_str() == template.as_str();
-            if same_paths && covers(&earlier.methods, &methods) {
+            let unconditional = earlier.conditions == Conditions::default();
+            if same_paths && unconditional && covers(&earlier.methods, &methods) {
                 return invalid(
                     format!("{path}.match"),
                     format!(
@@ -1234,16 +1338,11 @@ fn validate_routes(
                 );
             }
         }
-        routes.push(Route {
-            name,
-            methods,
-            template,
-            upstream: file_route.upstream,
-            risk: match file_route.risk {
-                FileRisk::Low => Risk::Low,
-                FileRisk::High => Risk::High,
-            },
-        });
+        let mut route = Route::new(&name, methods, template, &file_route.upstream, risk);
+        route.conditions = conditions;
+        route.enforce = enforce;
+        route.websocket = websocket;
+        routes.push(route);
     }
     Ok(RouteTable::new(routes))
 }
