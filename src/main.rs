@@ -79,6 +79,29 @@ enum AuditCommand {
         /// The audit log (JSON lines).
         file: PathBuf,
     },
+    /// List mutating requests that went through low-risk routes (needs `audit.passthrough:
+    /// true`), grouped by method and path shape, with route snippets to paste.
+    Unprotected {
+        /// The audit log (JSON lines).
+        file: PathBuf,
+        /// The gateway config, to name each snippet's upstream.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn describe_allowed(allowed: &countersign::conditions::Allowed) -> String {
+    match allowed {
+        countersign::conditions::Allowed::Any => "present".to_string(),
+        countersign::conditions::Allowed::OneOf(values) => format!(
+            "in [{}]",
+            values
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 fn main() -> ExitCode {
@@ -133,6 +156,32 @@ fn run(command: Command) -> Result<(), String> {
                     r.upstream
                 );
             }
+            for r in config.routes.routes() {
+                let c = &r.conditions;
+                let mut notes: Vec<String> = Vec::new();
+                for (what, map) in [("query", &c.query), ("form", &c.form), ("json", &c.json)] {
+                    for (name, allowed) in map {
+                        notes.push(format!("{what} {name} {}", describe_allowed(allowed)));
+                    }
+                }
+                if !r.enforce {
+                    notes.push(
+                        "observe mode (enforce: false): forwarded unconfirmed, audited as observed"
+                            .into(),
+                    );
+                }
+                if r.websocket {
+                    notes.push("WebSocket upgrades pass".into());
+                }
+                if !notes.is_empty() {
+                    let _ = writeln!(out, "  {}: {}", r.name, notes.join("; "));
+                }
+            }
+            let _ = writeln!(
+                out,
+                "method overrides considered for routing: {}, and _method in the query or a form body",
+                countersign::conditions::OVERRIDE_HEADERS.join(", ")
+            );
             if signer.ephemeral {
                 out.push_str(
                     "provenance key: none configured; an ephemeral key is generated at start\n",
@@ -153,6 +202,23 @@ fn run(command: Command) -> Result<(), String> {
             }
             Err(e) => Err(format!("{}: chain broken at {e}", file.display())),
         },
+        Command::Audit {
+            command: AuditCommand::Unprotected { file, config },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let config = match config {
+                Some(path) => Some(config::load(&path).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            let upstream_of = |route: &str| {
+                let config = config.as_ref()?;
+                let found = config.routes.routes().iter().find(|r| r.name == route)?;
+                Some(found.upstream.clone())
+            };
+            print_out(&countersign::unprotected::report(&text, upstream_of));
+            Ok(())
+        }
         Command::Keygen { out, alg } => {
             let alg =
                 ProofAlg::from_name(&alg).ok_or_else(|| format!("unknown algorithm {alg}"))?;

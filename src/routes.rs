@@ -132,12 +132,29 @@ impl PathTemplate {
         })
     }
 
+    /// Whether a path in its canonical form ([`canonical_path`]: no trailing slash) matches
+    /// the template read the same way: literals without regard to case, a trailing slash of the
+    /// template dropped (`/users/{id}/delete/` matches `/users/5/delete`).
+    pub fn matches_canonical(&self, canonical: &str) -> bool {
+        let segments = match self.segments.split_last() {
+            Some((Segment::Literal(last), rest)) if last.is_empty() && !rest.is_empty() => rest,
+            _ => &self.segments[..],
+        };
+        Self::walk(segments, canonical, |literal, segment| {
+            segment.eq_ignore_ascii_case(literal)
+        })
+    }
+
     fn match_with(&self, path: &str, literal_eq: impl Fn(&str, &str) -> bool) -> bool {
+        Self::walk(&self.segments, path, literal_eq)
+    }
+
+    fn walk(segments: &[Segment], path: &str, literal_eq: impl Fn(&str, &str) -> bool) -> bool {
         let Some(body) = path.strip_prefix('/') else {
             return false;
         };
         let mut rest = Some(body);
-        for segment in &self.segments {
+        for segment in segments {
             let remaining = match (segment, rest) {
                 (Segment::CatchAll, _) => return true,
                 (_, None) => return false,
@@ -257,13 +274,22 @@ impl Route {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// A high-impact template ends in `/`: every path is also read loosely, since lenient
+    /// routers treat `/x/delete` as `/x/delete/`.
+    loose_always: bool,
 }
 
 impl RouteTable {
     /// Builds the table, keeping the order given.
     pub fn new(routes: Vec<Route>) -> RouteTable {
+        let loose_always = routes.iter().any(|r| {
+            r.risk == Risk::High
+                && r.template.as_str().len() > 1
+                && r.template.as_str().ends_with('/')
+        });
         RouteTable {
             routes: routes.into_iter().map(Arc::new).collect(),
+            loose_always,
         }
     }
 
@@ -300,7 +326,8 @@ impl RouteTable {
             first_override = first_override.or(hit);
         }
         let odd_method = req.method.as_str().bytes().any(|b| b.is_ascii_lowercase());
-        let loose_needed = odd_method || req.any_method || is_ambiguous(req.path);
+        let loose_needed =
+            self.loose_always || odd_method || req.any_method || is_ambiguous(req.path);
         if loose_needed {
             let canonical = canonical_path(req.path);
             let loose_method =
@@ -311,7 +338,7 @@ impl RouteTable {
                     && (req.any_method
                         || route.accepts(&loose_method)
                         || req.overrides.iter().any(|m| route.accepts(m)))
-                    && (route.template.matches_ignoring_case(&canonical)
+                    && (route.template.matches_canonical(&canonical)
                         || route.template.matches_ignoring_case(req.path))
                     && route.conditions.hold(req.query, req.body, true)
             };
@@ -348,7 +375,7 @@ impl RouteTable {
             r.template.matches(path)
                 || (r.risk == Risk::High && {
                     let c = canonical.get_or_insert_with(|| canonical_path(path));
-                    r.template.matches_ignoring_case(c) || r.template.matches_ignoring_case(path)
+                    r.template.matches_canonical(c) || r.template.matches_ignoring_case(path)
                 })
         })
     }
@@ -358,7 +385,7 @@ impl RouteTable {
         let canonical = canonical_path(path);
         self.routes.iter().any(|r| {
             r.risk == Risk::High
-                && (r.template.matches(path) || r.template.matches_ignoring_case(&canonical))
+                && (r.template.matches(path) || r.template.matches_canonical(&canonical))
         })
     }
 

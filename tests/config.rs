@@ -367,6 +367,88 @@ fn bad_path_templates() {
 }
 
 #[test]
+fn another_routers_template_syntax_is_refused_with_the_fix() {
+    let cases = [
+        ("/things/:id", "write a parameter as {name}"),
+        ("/things/<id>", "write a parameter as {name}"),
+        ("/things/*", "{*rest}"),
+        ("/things/**", "{*rest}"),
+        ("/things/[0-9]+", "not regular expressions"),
+        ("/things/(v1)", "not regular expressions"),
+        ("/things/^x$", "not regular expressions"),
+    ];
+    for (template, message) in cases {
+        fails(
+            &route("", template),
+            "routes[0].match.path",
+            &["looks like another router's syntax", message],
+        );
+    }
+}
+
+#[test]
+fn route_conditions_parse_and_say_what_is_wrong() {
+    let conditioned = |matcher: &str| {
+        with_routes(&format!(
+            "  - name: bulk\n    match: {{ methods: [POST], path: \"/admin/auth/user/\", {matcher} }}\n    upstream: a\n    risk: high\n\
+             \x20 - name: default\n    match: {{ path: \"/{{*rest}}\" }}\n    upstream: a\n    risk: low\n"
+        ))
+    };
+    let config = ok(&conditioned(
+        "form: { action: [delete_selected, purge] }, query: { confirm: \"*\", n: 1 }",
+    ));
+    let bulk = &config.routes.routes()[0];
+    assert_eq!(bulk.conditions.form.len(), 1);
+    assert_eq!(bulk.conditions.query.len(), 2);
+    ok(&conditioned("json: { \"/op\": drop }"));
+    fails(
+        &conditioned("json: { op: drop }"),
+        "routes[0].match.json.op",
+        &["JSON pointer"],
+    );
+    fails(
+        &conditioned("form: { action: [] }"),
+        "routes[0].match.form.action",
+        &["lists no value"],
+    );
+    fails(
+        &conditioned("form: { a: x }, json: { \"/b\": y }"),
+        "routes[0].match",
+        &["form or JSON, never both"],
+    );
+    // A conditioned route does not shadow an unconditioned one with the same template.
+    ok(&with_routes(
+        "  - name: bulk\n    match: { methods: [POST], path: \"/x/\", form: { action: d } }\n    upstream: a\n    risk: high\n\
+         \x20 - name: list\n    match: { methods: [POST], path: \"/x/\" }\n    upstream: a\n    risk: low\n",
+    ));
+}
+
+#[test]
+fn observe_mode_and_websockets_apply_where_they_make_sense() {
+    ok(&base().replace("risk: high", "risk: high\n    enforce: false"));
+    fails(
+        &base().replace("risk: low", "risk: low\n    enforce: false"),
+        "routes[1].enforce",
+        &["risk: high routes only"],
+    );
+    ok(&base().replace("risk: low", "risk: low\n    websocket: true"));
+    fails(
+        &base().replace("risk: high", "risk: high\n    websocket: true"),
+        "routes[0].websocket",
+        &["never confirmed"],
+    );
+}
+
+#[test]
+fn a_session_header_with_an_underscore_is_refused() {
+    fails(
+        &with_session("{ kind: header, header: x_session }"),
+        "session.header",
+        &["drops header names containing '_'", "\"x-session\""],
+    );
+}
+
+#[test]
 fn bad_methods() {
     fails(
         &base().replace("methods: [DELETE]", "methods: [GET, DELTE]"),

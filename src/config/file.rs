@@ -431,6 +431,12 @@ impl Scalar for HeaderText {
         if name == "dpop" {
             return Err("the DPoP header carries proofs; expected another header name".to_string());
         }
+        if name.as_str().contains('_') {
+            return Err(format!(
+                "{text:?}: the gateway drops header names containing '_' (CGI-style servers read them as '-'); use {:?}",
+                name.as_str().replace('_', "-")
+            ));
+        }
         Ok(HeaderText(name.as_str().to_string()))
     }
 }
