@@ -82,6 +82,27 @@ struct Sink {
     prev: String,
 }
 
+/// Why an audit file cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Its directory cannot be created (a file is in the way, permissions).
+    #[error("cannot create directory {}: {source}", dir.display())]
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The file cannot be opened or read.
+    #[error("cannot open {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
 /// The audit log writer; one mutex orders lines and the chain.
 pub struct AuditLog {
     sink: Mutex<Sink>,
@@ -90,18 +111,23 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Opens (appending to) `path`, continuing its chain, or writes to stdout when `None`.
-    pub fn open(path: Option<&Path>, also_stdout: bool) -> io::Result<AuditLog> {
+    pub fn open(path: Option<&Path>, also_stdout: bool) -> Result<AuditLog, OpenError> {
         let (file, prev) = match path {
             Some(p) => {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
+                    create_dir(dir)?;
                 }
+                let file_error = |source| OpenError::File {
+                    path: p.to_path_buf(),
+                    source,
+                };
                 let mut f = OpenOptions::new()
                     .create(true)
                     .append(true)
                     .read(true)
-                    .open(p)?;
-                let prev = last_line_hash(&mut f)?;
+                    .open(p)
+                    .map_err(file_error)?;
+                let prev = last_line_hash(&mut f).map_err(file_error)?;
                 (Some(f), prev)
             }
             None => (None, GENESIS.to_string()),
@@ -147,6 +173,28 @@ impl AuditLog {
     }
 }
 
+/// Creates `dir` and its parents; a file in the way is named as such, not as "File exists".
+fn create_dir(dir: &Path) -> Result<(), OpenError> {
+    std::fs::create_dir_all(dir).map_err(|source| {
+        let blocker = dir
+            .ancestors()
+            .find(|a| a.metadata().is_ok_and(|m| !m.is_dir()));
+        match blocker {
+            Some(file) => OpenError::Directory {
+                dir: dir.to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", file.display()),
+                ),
+            },
+            None => OpenError::Directory {
+                dir: dir.to_path_buf(),
+                source,
+            },
+        }
+    })
+}
+
 fn hex_sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -157,7 +205,8 @@ fn last_line_hash(f: &mut File) -> io::Result<String> {
     let tail = len.min(1 << 20);
     f.seek(SeekFrom::Start(len - tail))?;
     let mut buf = Vec::with_capacity(tail as usize);
-    f.read_to_end(&mut buf)?;
+    // Bounded by the length seen: a device (or a file still growing) is never read to its end.
+    f.take(tail).read_to_end(&mut buf)?;
     let trimmed = buf.strip_suffix(b"\n").unwrap_or(&buf);
     if trimmed.is_empty() {
         return Ok(GENESIS.to_string());

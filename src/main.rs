@@ -99,7 +99,12 @@ fn run(command: Command) -> Result<(), String> {
             init_logs(config.log);
             let assembled =
                 server::assemble(config, server::Runtime::PerThread).map_err(|e| e.to_string())?;
-            tracing::info!(listen = %assembled.summary.listen, metrics = ?assembled.summary.metrics, audit = %assembled.summary.audit, "countersign starting");
+            tracing::info!(
+                listen = %assembled.summary.listen,
+                metrics = assembled.summary.metrics.as_deref().unwrap_or("off"),
+                audit = %assembled.summary.audit,
+                "countersign starting"
+            );
             assembled.run();
             Ok(())
         }

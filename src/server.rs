@@ -2,8 +2,10 @@
 //! a Pingora server with the proxy service and the operations listener (`/metrics`, `/healthz`,
 //! `/readyz`, the provenance JWKS).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
@@ -13,6 +15,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::audit::AuditLog;
@@ -26,12 +29,27 @@ use crate::routes::Risk;
 use crate::session::Sessions;
 use crate::store::{MemoryStore, RedisStore, ReplayStore};
 
+/// How long `/healthz` waits for the gateway listener to accept.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why the gateway could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A key, file or setting named by the config is unusable.
     #[error("{file}: {0}", file = .1)]
     Setting(String, String),
+    /// A listen address cannot be bound (in use, not local, not permitted).
+    #[error("{file}: {field}: cannot listen on {address}: {source}")]
+    Listen {
+        /// The config file.
+        file: String,
+        /// `listen` or `metrics.listen`.
+        field: &'static str,
+        /// The address as configured.
+        address: String,
+        /// Why the bind failed.
+        source: std::io::Error,
+    },
 }
 
 /// What a started gateway tells its operator.
@@ -74,6 +92,12 @@ pub enum Runtime {
 pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildError> {
     let file = config.source.display().to_string();
     let setting = |e: String| BuildError::Setting(e, file.clone());
+    // Pingora retries a busy port for half a minute and then panics a listener thread while the
+    // rest of the process (and `/healthz`) stays up: try every address first and stop here.
+    check_listen(&file, "listen", &config.listen)?;
+    if let Some(m) = &config.metrics {
+        check_listen(&file, "metrics.listen", &m.listen)?;
+    }
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     for risk in [Risk::Low, Risk::High] {
@@ -102,11 +126,8 @@ pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildErro
         Signer::load(config.provenance.signing_key.as_deref())
             .map_err(|e| setting(e.to_string()))?,
     );
-    if signer.ephemeral {
-        tracing::warn!("provenance.signing_key not set: signing with an ephemeral key");
-    }
     let audit = AuditLog::open(config.audit.path.as_deref(), config.audit.stdout)
-        .map_err(|e| setting(format!("audit.path: cannot open: {e}")))?;
+        .map_err(|e| setting(format!("audit.path: {e}")))?;
     let summary = Summary {
         listen: config.listen.clone(),
         metrics: config.metrics.as_ref().map(|m| m.listen.clone()),
@@ -155,6 +176,7 @@ pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildErro
     server.add_service(proxy);
     if let Some(m) = &config.metrics {
         let ops = Operations {
+            serving: probe_address(&config.listen),
             metrics,
             signer,
             store,
@@ -163,7 +185,22 @@ pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildErro
         service.add_tcp(&m.listen);
         server.add_service(service);
     }
+    if summary.ephemeral_key {
+        tracing::warn!("provenance.signing_key not set: signing with an ephemeral key");
+    }
     Ok(Assembled { server, summary })
+}
+
+/// Binds `address` once and lets it go, so a busy or foreign address stops the start at once.
+fn check_listen(file: &str, field: &'static str, address: &str) -> Result<(), BuildError> {
+    std::net::TcpListener::bind(address)
+        .map(drop)
+        .map_err(|source| BuildError::Listen {
+            file: file.to_string(),
+            field,
+            address: address.to_string(),
+            source,
+        })
 }
 
 /// A CA bundle must hold at least one PEM certificate: Pingora's TLS connector panics on one
@@ -241,8 +278,23 @@ impl Drop for Running {
     }
 }
 
+/// The address `/healthz` connects to: the gateway listener, through loopback when it listens on
+/// every interface.
+fn probe_address(listen: &str) -> Option<SocketAddr> {
+    let mut addr = listen.to_socket_addrs().ok()?.next()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    Some(addr)
+}
+
 /// The operations listener.
 struct Operations {
+    /// The gateway listener `/healthz` checks is accepting.
+    serving: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     signer: Arc<Signer>,
     store: Arc<dyn ReplayStore>,
@@ -259,7 +311,27 @@ impl ServeHttp for Operations {
                     .set(self.store.outstanding_nonces() as i64);
                 (200, "text/plain; version=0.0.4", self.metrics.render())
             }
-            "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+            "/healthz" => {
+                // Healthy means the gateway port accepts connections, not merely that this
+                // listener is up: a gateway whose listener failed must never look alive.
+                let accepting = match self.serving {
+                    Some(addr) => matches!(
+                        tokio::time::timeout(HEALTH_PROBE_TIMEOUT, TcpStream::connect(addr)).await,
+                        Ok(Ok(_))
+                    ),
+                    None => false,
+                };
+                if accepting {
+                    (200, "application/json", br#"{"status":"ok"}"#.to_vec())
+                } else {
+                    (
+                        503,
+                        "application/json",
+                        br#"{"status":"unavailable","error":"gateway listener not accepting"}"#
+                            .to_vec(),
+                    )
+                }
+            }
             "/readyz" => match self.store.ping().await {
                 Ok(()) => (200, "application/json", br#"{"status":"ready"}"#.to_vec()),
                 Err(_) => (
