@@ -5,7 +5,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -103,10 +104,17 @@ pub enum OpenError {
     },
 }
 
-/// The audit log writer; one mutex orders lines and the chain.
+/// The audit log writer; one mutex orders lines and the chain. Clones share one log.
+#[derive(Clone)]
 pub struct AuditLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     sink: Mutex<Sink>,
     path: Option<PathBuf>,
+    /// The last append failed (cleared by the next one that succeeds).
+    failing: AtomicBool,
 }
 
 impl AuditLog {
@@ -133,25 +141,75 @@ impl AuditLog {
             None => (None, GENESIS.to_string()),
         };
         Ok(AuditLog {
-            sink: Mutex::new(Sink {
-                stdout: also_stdout || file.is_none(),
-                file,
-                prev,
+            shared: Arc::new(Shared {
+                sink: Mutex::new(Sink {
+                    stdout: also_stdout || file.is_none(),
+                    file,
+                    prev,
+                }),
+                path: path.map(Path::to_path_buf),
+                failing: AtomicBool::new(false),
             }),
-            path: path.map(Path::to_path_buf),
         })
     }
 
     /// Where records go: the file, or `stdout`.
     pub fn location(&self) -> String {
-        self.path
+        self.shared
+            .path
             .as_ref()
             .map_or_else(|| "stdout".to_string(), |p| p.display().to_string())
     }
 
+    /// Whether records can be written now: the last append succeeded and the file can still be
+    /// opened for appending (its directory was not removed, the file system is not read-only).
+    pub fn writable(&self) -> bool {
+        if self.shared.failing.load(Ordering::Relaxed) {
+            return false;
+        }
+        match &self.shared.path {
+            Some(p) => OpenOptions::new().append(true).open(p).is_ok(),
+            None => true,
+        }
+    }
+
+    /// Opens the file at the configured path anew, after logrotate moved the old one away. An
+    /// empty new file continues the chain of the old one (its first `prev` is the hash of the
+    /// old file's last line: verify it with `--from`); a file with records continues its own.
+    pub fn reopen(&self) -> Result<(), OpenError> {
+        let Some(p) = &self.shared.path else {
+            return Ok(());
+        };
+        let file_error = |source| OpenError::File {
+            path: p.clone(),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(p)
+            .map_err(file_error)?;
+        let last = last_line_hash(&mut f).map_err(file_error)?;
+        let mut sink = self.shared.sink.lock().unwrap_or_else(|e| e.into_inner());
+        if last != GENESIS {
+            sink.prev = last;
+        }
+        sink.file = Some(f);
+        Ok(())
+    }
+
     /// Appends one record. An error means it was not written (the caller fails closed).
     pub fn append(&self, record: &Record) -> io::Result<()> {
-        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let written = self.write(record);
+        self.shared
+            .failing
+            .store(written.is_err(), Ordering::Relaxed);
+        written
+    }
+
+    fn write(&self, record: &Record) -> io::Result<()> {
+        let mut sink = self.shared.sink.lock().unwrap_or_else(|e| e.into_inner());
         let line = serde_json::to_string(&Line {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             record,

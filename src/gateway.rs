@@ -67,6 +67,8 @@ pub struct RequestCtx {
     request_id: String,
     started: Instant,
     span: tracing::Span,
+    /// Status of the upstream's answer on the streamed path.
+    upstream_status: Option<u16>,
 }
 
 /// What a high-impact request has established by the time it is forwarded.
@@ -149,6 +151,12 @@ impl Gateway {
     fn count(&self, route: &str, decision: Decision) {
         if let Some(m) = self.route_metrics.get(route) {
             m.decision(decision);
+        }
+    }
+
+    fn count_upstream(&self, route: &str, status: Option<u16>) {
+        if let Some(m) = self.route_metrics.get(route) {
+            m.upstream_response(status);
         }
     }
 
@@ -454,6 +462,7 @@ impl Gateway {
             Err(ForwardError::Relay(e)) => (None, Err(e)),
         };
         self.observe_upstream(&route.name, started);
+        self.count_upstream(&route.name, status);
         record.event = Some(Event::Completed);
         record.upstream_status = status;
         record.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
@@ -673,6 +682,7 @@ impl ProxyHttp for Gateway {
             request_id: Uuid::now_v7().simple().to_string(),
             started: Instant::now(),
             span: tracing::Span::none(),
+            upstream_status: None,
         }
     }
 
@@ -757,6 +767,7 @@ impl ProxyHttp for Gateway {
         head: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        ctx.upstream_status = Some(head.status.as_u16());
         if let Some(route) = ctx.route.clone() {
             self.rewrite_urls(head, &route, session.req_header(), ctx);
         }
@@ -809,6 +820,10 @@ impl ProxyHttp for Gateway {
             return;
         };
         self.observe_upstream(&route.name, ctx.started);
+        let upstream_failed = e.is_some_and(|e| *e.esource() != pingora::ErrorSource::Downstream);
+        if ctx.upstream_status.is_some() || upstream_failed {
+            self.count_upstream(&route.name, ctx.upstream_status);
+        }
         if self.config.audit.passthrough {
             let mut record = self.audit_base(session.req_header(), ctx);
             record.event = Some(Event::Passthrough);

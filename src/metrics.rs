@@ -16,6 +16,10 @@ pub const REJECTIONS: &str = "countersign_rejections_total";
 pub const PROOF_VERIFY: &str = "countersign_proof_verify_seconds";
 /// `countersign_upstream_seconds{route}`.
 pub const UPSTREAM: &str = "countersign_upstream_seconds";
+/// `countersign_upstream_responses_total{route, class}`.
+pub const UPSTREAM_RESPONSES: &str = "countersign_upstream_responses_total";
+/// `countersign_config_reloads_total{result}`.
+pub const CONFIG_RELOADS: &str = "countersign_config_reloads_total";
 /// `countersign_nonces_outstanding`.
 pub const NONCES_OUTSTANDING: &str = "countersign_nonces_outstanding";
 /// `countersign_replays_blocked_total{route}`.
@@ -65,6 +69,10 @@ pub struct Metrics {
     pub proof_verify: Histogram,
     /// Upstream latency by route.
     pub upstream: HistogramVec,
+    /// Upstream answers by route and status class (`1xx`…`5xx`, `error`).
+    pub upstream_responses: IntCounterVec,
+    /// Config reloads by result (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
     /// Outstanding nonces.
     pub nonces_outstanding: IntGauge,
     /// Replays blocked by route.
@@ -105,6 +113,22 @@ impl Metrics {
             &["route"],
         )
         .expect("static metric definition is valid");
+        let upstream_responses = IntCounterVec::new(
+            Opts::new(
+                UPSTREAM_RESPONSES,
+                "Upstream answers by route and status class; error when none arrived.",
+            ),
+            &["route", "class"],
+        )
+        .expect("static metric definition is valid");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(CONFIG_RELOADS, "Config reloads (SIGHUP) by result."),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
         let nonces_outstanding = IntGauge::new(
             NONCES_OUTSTANDING,
             "Nonces issued and neither consumed nor expired.",
@@ -147,6 +171,8 @@ impl Metrics {
             Box::new(rejections.clone()),
             Box::new(proof_verify.clone()),
             Box::new(upstream.clone()),
+            Box::new(upstream_responses.clone()),
+            Box::new(config_reloads.clone()),
             Box::new(nonces_outstanding.clone()),
             Box::new(replays_blocked.clone()),
             Box::new(audit_failures.clone()),
@@ -164,6 +190,8 @@ impl Metrics {
             rejections,
             proof_verify,
             upstream,
+            upstream_responses,
+            config_reloads,
             nonces_outstanding,
             replays_blocked,
             audit_failures,
@@ -184,6 +212,8 @@ impl Metrics {
             rejected: counter(Decision::Rejected, high_impact),
             accepted: counter(Decision::Accepted, high_impact),
             upstream: self.upstream.with_label_values(&[route]),
+            upstream_responses: UPSTREAM_CLASSES
+                .map(|class| self.upstream_responses.with_label_values(&[route, class])),
         }
     }
 
@@ -198,6 +228,10 @@ impl Metrics {
     }
 }
 
+/// The `class` labels of `countersign_upstream_responses_total`, indexed by status / 100 - 1;
+/// the last one counts requests that got no upstream answer at all.
+const UPSTREAM_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
 /// One route's request counters and upstream latency.
 #[derive(Clone)]
 pub struct RouteMetrics {
@@ -207,9 +241,19 @@ pub struct RouteMetrics {
     accepted: Option<IntCounter>,
     /// Upstream latency of this route.
     pub upstream: Histogram,
+    upstream_responses: [IntCounter; 6],
 }
 
 impl RouteMetrics {
+    /// Counts one upstream answer by its status, or `None` when the upstream gave none.
+    pub fn upstream_response(&self, status: Option<u16>) {
+        let class = match status {
+            Some(s @ 100..=599) => usize::from(s / 100 - 1),
+            _ => UPSTREAM_CLASSES.len() - 1,
+        };
+        self.upstream_responses[class].inc();
+    }
+
     /// Counts one request decision.
     pub fn decision(&self, decision: Decision) {
         let counter = match decision {

@@ -161,6 +161,7 @@ pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildErro
     server.bootstrap();
     // The confirmed-request connector trusts the same CAs as Pingora's own proxy connector.
     let forwarder = Forwarder::new(ConnectorOptions::from_server_conf(&server.configuration));
+    let audit_handle = audit.clone();
     let gateway = Gateway::new(
         config.clone(),
         forwarder,
@@ -177,6 +178,7 @@ pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildErro
     if let Some(m) = &config.metrics {
         let ops = Operations {
             serving: probe_address(&config.listen),
+            audit: audit_handle,
             metrics,
             signer,
             store,
@@ -295,6 +297,8 @@ fn probe_address(listen: &str) -> Option<SocketAddr> {
 struct Operations {
     /// The gateway listener `/healthz` checks is accepting.
     serving: Option<SocketAddr>,
+    /// High-impact requests fail closed while it cannot be written.
+    audit: AuditLog,
     metrics: Arc<Metrics>,
     signer: Arc<Signer>,
     store: Arc<dyn ReplayStore>,
@@ -332,14 +336,23 @@ impl ServeHttp for Operations {
                     )
                 }
             }
-            "/readyz" => match self.store.ping().await {
-                Ok(()) => (200, "application/json", br#"{"status":"ready"}"#.to_vec()),
-                Err(_) => (
-                    503,
-                    "application/json",
-                    br#"{"status":"unavailable","error":"replay store unreachable"}"#.to_vec(),
-                ),
-            },
+            "/readyz" => {
+                if !self.audit.writable() {
+                    (
+                        503,
+                        "application/json",
+                        br#"{"status":"unavailable","error":"audit log not writable"}"#.to_vec(),
+                    )
+                } else if self.store.ping().await.is_err() {
+                    (
+                        503,
+                        "application/json",
+                        br#"{"status":"unavailable","error":"replay store unreachable"}"#.to_vec(),
+                    )
+                } else {
+                    (200, "application/json", br#"{"status":"ready"}"#.to_vec())
+                }
+            }
             "/.well-known/countersign/jwks.json" => (
                 200,
                 "application/jwk-set+json",

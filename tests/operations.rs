@@ -267,3 +267,45 @@ async fn sigint_stops_at_once_even_with_a_request_in_flight() {
     assert!(status.success(), "{status}: {err}");
     in_flight.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_the_audit_log_cannot_be_written() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A full disk: every write to /dev/full fails with ENOSPC.
+    let audit = dir.path().join("audit.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &audit).expect("symlink");
+    let (port, metrics) = (free_port(), free_port());
+    let path = config(
+        dir.path(),
+        port,
+        metrics,
+        &upstream.addr.to_string(),
+        &format!(
+            "audit: {{ path: \"{}\", passthrough: true }}\nserver: {{ threads: 1, grace_period: 1s, shutdown_timeout: 1s }}",
+            audit.display()
+        ),
+    );
+    let _gateway = Gateway::start(&path, port).await;
+    let ready = format!("http://127.0.0.1:{metrics}/readyz");
+    assert_eq!(send(&ready, "GET", &[], Bytes::new()).await.status, 200);
+    let reply = send(
+        &format!("http://127.0.0.1:{port}/x"),
+        "GET",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    // The passthrough record is written once the response is sent: wait for the failure.
+    let mut reply = send(&ready, "GET", &[], Bytes::new()).await;
+    for _ in 0..100 {
+        if reply.status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        reply = send(&ready, "GET", &[], Bytes::new()).await;
+    }
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"], "audit log not writable");
+}
