@@ -614,6 +614,15 @@ fn upstream_error(status: u16) -> (&'static str, &'static str) {
     }
 }
 
+/// A client that went away is routine (debug); anything else is worth a warning.
+fn log_failure(e: &Error, span: &tracing::Span) {
+    if *e.esource() == pingora::ErrorSource::Downstream {
+        tracing::debug!(parent: span, error = %e, "client connection ended early");
+    } else {
+        tracing::warn!(parent: span, error = %e, "request failed");
+    }
+}
+
 /// The request target in origin-form, exactly as received.
 fn target_of(req: &RequestHeader) -> String {
     req.uri
@@ -815,7 +824,15 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // `logging` reports each failure once, at the level its cause deserves.
+        true
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(e) = e {
+            log_failure(e, &ctx.span);
+        }
         let Some(route) = ctx.route.as_ref().filter(|r| r.risk == Risk::Low) else {
             return;
         };
@@ -830,9 +847,6 @@ impl ProxyHttp for Gateway {
             record.upstream_status = session.response_written().map(|h| h.status.as_u16());
             record.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
             self.write_audit(&record);
-        }
-        if let Some(e) = e {
-            tracing::debug!(parent: &ctx.span, error = %e, "passthrough ended with an error");
         }
     }
 }

@@ -13,6 +13,19 @@ use support::{free_port, send, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_countersign");
 
+/// Writes a config with a high-impact route and a low-risk catch-all in front of `upstream`.
+fn config_with_high(dir: &Path, listen: u16, metrics: u16, upstream: &str, extra: &str) -> PathBuf {
+    let path = dir.join("countersign.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: \"127.0.0.1:{listen}\"\nmetrics: {{ listen: \"127.0.0.1:{metrics}\" }}\nupstreams: {{ a: {{ address: \"{upstream}\" }} }}\nsession: {{ kind: header, header: x-s }}\n{extra}\nroutes:\n  - name: delete-user\n    match: {{ methods: [DELETE], path: \"/api/users/{{id}}\" }}\n    upstream: a\n    risk: high\n  - name: all\n    match: {{ path: \"/{{*rest}}\" }}\n    upstream: a\n    risk: low\n"
+        ),
+    )
+    .expect("write config");
+    path
+}
+
 /// Writes a config with one low-risk catch-all route in front of `upstream`, plus `extra` lines.
 fn config(dir: &Path, listen: u16, metrics: u16, upstream: &str, extra: &str) -> PathBuf {
     let path = dir.join("countersign.yaml");
@@ -308,4 +321,116 @@ async fn readyz_is_503_while_the_audit_log_cannot_be_written() {
     }
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json()["error"], "audit log not writable");
+}
+
+/// One confirmed DELETE: challenge, sign, send. Returns the final status.
+async fn confirmed_delete(base: &str, sid: &str, key: &countersign::keys::DeviceKey) -> u16 {
+    let url = format!("{base}/api/users/7");
+    let challenge = send(&url, "DELETE", &[("x-s", sid)], Bytes::new()).await;
+    assert_eq!(challenge.status, 401);
+    let nonce = challenge.header("dpop-nonce").expect("nonce").to_string();
+    let proof = key.proof("DELETE", &url, Some(&nonce), Some(sid));
+    send(
+        &url,
+        "DELETE",
+        &[("x-s", sid), ("dpop", &proof)],
+        Bytes::new(),
+    )
+    .await
+    .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_run_of_mixed_traffic_logs_no_error_and_no_debug_formatting() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (port, metrics) = (free_port(), free_port());
+    let path = config_with_high(
+        dir.path(),
+        port,
+        metrics,
+        &upstream.addr.to_string(),
+        &format!(
+            "audit: {{ path: \"{}\" }}\nserver: {{ threads: 2, grace_period: 1s, shutdown_timeout: 1s }}",
+            dir.path().join("audit.jsonl").display()
+        ),
+    );
+    let gateway = Gateway::start(&path, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let key =
+        countersign::keys::DeviceKey::generate(countersign::alg::ProofAlg::Es256).expect("key");
+    // Concurrent passthrough on pooled upstream connections.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let base = base.clone();
+        tasks.push(tokio::spawn(async move {
+            for j in 0..40 {
+                let r = send(&format!("{base}/page/{i}/{j}"), "GET", &[], Bytes::new()).await;
+                assert_eq!(r.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("passthrough task");
+    }
+    // Confirmations, a replay, a refusal, an unknown path on the operations listener.
+    for i in 0..5 {
+        assert_eq!(
+            confirmed_delete(&base, &format!("sid-{i}"), &key).await,
+            200
+        );
+    }
+    let url = format!("{base}/api/users/7");
+    assert_eq!(send(&url, "DELETE", &[], Bytes::new()).await.status, 401);
+    let ops = format!("http://127.0.0.1:{metrics}");
+    assert_eq!(
+        send(&format!("{ops}/metrics"), "GET", &[], Bytes::new())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(&format!("{ops}/nope"), "GET", &[], Bytes::new())
+            .await
+            .status,
+        404
+    );
+    // Clients that go away: before a request, mid-head, and while the upstream is answering.
+    for partial in [&b""[..], b"GET /x HTTP/1.1\r\nHo"] {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        c.write_all(partial).await.expect("write");
+        drop(c);
+    }
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    c.write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(c);
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", metrics))
+        .await
+        .expect("connect");
+    c.write_all(b"GET /met").await.expect("write");
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    gateway.signal("TERM");
+    let (status, log) = gateway.exit_within(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("countersign starting"), "{log}");
+    for line in log.lines() {
+        assert!(
+            !line.contains("ERROR"),
+            "an ERROR line in a normal run: {line}"
+        );
+        assert!(
+            !line.contains("Some("),
+            "Debug formatting in the log: {line}"
+        );
+    }
 }
