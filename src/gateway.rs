@@ -69,6 +69,7 @@ pub struct RequestCtx {
     span: tracing::Span,
     /// Status of the upstream's answer on the streamed path.
     upstream_status: Option<u16>,
+    _in_flight: crate::metrics::InFlight,
 }
 
 /// What a high-impact request has established by the time it is forwarded.
@@ -692,6 +693,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             span: tracing::Span::none(),
             upstream_status: None,
+            _in_flight: self.metrics.enter(),
         }
     }
 

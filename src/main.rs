@@ -29,6 +29,10 @@ enum Command {
         /// The YAML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Take the listening sockets over from a running gateway: start this, then send the
+        /// old one SIGQUIT (both use `server.upgrade_sock`).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config and print the effective route table.
     Check {
@@ -94,14 +98,18 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), String> {
     match command {
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             let config = config::load(&config).map_err(|e| e.to_string())?;
             init_logs(config.log);
-            let assembled =
-                server::assemble(config, server::Runtime::PerThread).map_err(|e| e.to_string())?;
+            let start = if upgrade {
+                server::Start::Upgrade
+            } else {
+                server::Start::Fresh
+            };
+            let assembled = server::assemble_process(config, start).map_err(|e| e.to_string())?;
             tracing::info!(
                 listen = %assembled.summary.listen,
-                metrics = assembled.summary.metrics.as_deref().unwrap_or("off"),
+                metrics = %assembled.summary.metrics.as_deref().unwrap_or("off"),
                 audit = %assembled.summary.audit,
                 "countersign starting"
             );
@@ -241,14 +249,16 @@ fn init_logs(format: LogConfig) {
 }
 
 /// Pingora messages it logs at ERROR for routine events: a pooled upstream connection that its
-/// idle watcher still held (a fresh one is opened instead), and clients that disconnect or send
-/// garbage before a request. Under load or a flood they would fill the log; they are dropped.
-const ROUTINE_PINGORA_ERRORS: [&str; 5] = [
+/// idle watcher still held (a fresh one is opened instead), clients that disconnect or send
+/// garbage before a request, an upgrade waiting for its sockets. Under load or a flood they would fill the log; they are dropped.
+const ROUTINE_PINGORA_ERRORS: [&str; 6] = [
     "failed to acquire reusable stream",
     "Fail to proxy: ",
     "HTTP server fails to read from downstream",
     "Downstream handshake error",
     "Downstream handshake timeout",
+    // `run --upgrade` waiting for the old process to be sent SIGQUIT.
+    "No incoming socket transfer",
 ];
 
 /// A log filter that drops [`ROUTINE_PINGORA_ERRORS`].

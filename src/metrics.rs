@@ -20,6 +20,8 @@ pub const UPSTREAM: &str = "countersign_upstream_seconds";
 pub const UPSTREAM_RESPONSES: &str = "countersign_upstream_responses_total";
 /// `countersign_config_reloads_total{result}`.
 pub const CONFIG_RELOADS: &str = "countersign_config_reloads_total";
+/// `countersign_requests_in_flight`.
+pub const IN_FLIGHT: &str = "countersign_requests_in_flight";
 /// `countersign_nonces_outstanding`.
 pub const NONCES_OUTSTANDING: &str = "countersign_nonces_outstanding";
 /// `countersign_replays_blocked_total{route}`.
@@ -73,6 +75,8 @@ pub struct Metrics {
     pub upstream_responses: IntCounterVec,
     /// Config reloads by result (`ok`, `error`).
     pub config_reloads: IntCounterVec,
+    /// Requests being handled now (a graceful stop exits when it reaches zero).
+    pub in_flight: IntGauge,
     /// Outstanding nonces.
     pub nonces_outstanding: IntGauge,
     /// Replays blocked by route.
@@ -129,6 +133,8 @@ impl Metrics {
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
+        let in_flight = IntGauge::new(IN_FLIGHT, "Requests being handled now.")
+            .expect("static metric definition is valid");
         let nonces_outstanding = IntGauge::new(
             NONCES_OUTSTANDING,
             "Nonces issued and neither consumed nor expired.",
@@ -173,6 +179,7 @@ impl Metrics {
             Box::new(upstream.clone()),
             Box::new(upstream_responses.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(in_flight.clone()),
             Box::new(nonces_outstanding.clone()),
             Box::new(replays_blocked.clone()),
             Box::new(audit_failures.clone()),
@@ -192,6 +199,7 @@ impl Metrics {
             upstream,
             upstream_responses,
             config_reloads,
+            in_flight,
             nonces_outstanding,
             replays_blocked,
             audit_failures,
@@ -217,6 +225,12 @@ impl Metrics {
         }
     }
 
+    /// Counts a request in flight until the returned guard is dropped.
+    pub fn enter(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
     /// The Prometheus text exposition of this gateway and of the process.
     pub fn render(&self) -> Vec<u8> {
         let mut families = self.registry.gather();
@@ -225,6 +239,15 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&families, &mut out);
         out
+    }
+}
+
+/// One request in flight; dropping it counts the request as done.
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

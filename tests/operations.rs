@@ -434,3 +434,307 @@ async fn a_normal_run_of_mixed_traffic_logs_no_error_and_no_debug_formatting() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight_then_exits_without_waiting_out_the_grace_period() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let path = config(
+        dir.path(),
+        port,
+        free_port(),
+        &upstream.addr.to_string(),
+        "server: { threads: 1, grace_period: 20s, shutdown_timeout: 5s }",
+    );
+    let gateway = Gateway::start(&path, port).await;
+    let in_flight = tokio::spawn(async move {
+        send(
+            &format!("http://127.0.0.1:{port}/slow/800"),
+            "GET",
+            &[],
+            Bytes::new(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let signalled = Instant::now();
+    gateway.signal("TERM");
+    let (status, err) = gateway.exit_within(Duration::from_secs(5)).await;
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(in_flight.await.expect("request").status, 200);
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "exited {took:?} after SIGTERM"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "nothing listens after the exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_an_idle_gateway_exits_at_once() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let path = config(
+        dir.path(),
+        port,
+        free_port(),
+        &upstream.addr.to_string(),
+        "server: { threads: 1, grace_period: 20s, shutdown_timeout: 5s }",
+    );
+    let gateway = Gateway::start(&path, port).await;
+    gateway.signal("TERM");
+    let (status, err) = gateway.exit_within(Duration::from_secs(2)).await;
+    assert!(status.success(), "{status}: {err}");
+}
+
+async fn metric_line(metrics: u16, line: &str) -> bool {
+    let text = send(
+        &format!("http://127.0.0.1:{metrics}/metrics"),
+        "GET",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    String::from_utf8_lossy(&text.body)
+        .lines()
+        .any(|l| l == line)
+}
+
+async fn eventually(metrics: u16, line: &str) {
+    for _ in 0..100 {
+        if metric_line(metrics, line).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never saw {line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_audit_file_and_a_bad_config_keeps_the_old_one_serving() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (port, metrics) = (free_port(), free_port());
+    let audit = dir.path().join("audit.jsonl");
+    let extra = format!(
+        "audit: {{ path: \"{}\", passthrough: true }}\nserver: {{ threads: 1, grace_period: 1s, shutdown_timeout: 1s }}",
+        audit.display()
+    );
+    let path = config(
+        dir.path(),
+        port,
+        metrics,
+        &upstream.addr.to_string(),
+        &extra,
+    );
+    let gateway = Gateway::start(&path, port).await;
+    let get = |p: &'static str| async move {
+        send(
+            &format!("http://127.0.0.1:{port}{p}"),
+            "GET",
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .status
+    };
+    assert_eq!(get("/before").await, 200);
+    eventually(
+        metrics,
+        r#"countersign_upstream_responses_total{class="2xx",route="all"} 1"#,
+    )
+    .await;
+
+    // logrotate: move the file away, then SIGHUP.
+    let rotated = dir.path().join("audit.jsonl.1");
+    std::fs::rename(&audit, &rotated).expect("rotate");
+    gateway.signal("HUP");
+    eventually(
+        metrics,
+        r#"countersign_config_reloads_total{result="ok"} 1"#,
+    )
+    .await;
+    assert_eq!(get("/after").await, 200);
+    let mut fresh = String::new();
+    for _ in 0..100 {
+        fresh = std::fs::read_to_string(&audit).unwrap_or_default();
+        if fresh.contains("/after") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(fresh.contains("\"target\":\"/after\""), "{fresh}");
+    let old = std::fs::read_to_string(&rotated).expect("rotated file");
+    assert!(old.contains("/before") && !old.contains("/after"), "{old}");
+
+    // A config that does not validate: counted, logged, and the old one keeps serving.
+    std::fs::write(&path, "listen: [not, an, address]\n").expect("break config");
+    gateway.signal("HUP");
+    eventually(
+        metrics,
+        r#"countersign_config_reloads_total{result="error"} 1"#,
+    )
+    .await;
+    assert_eq!(get("/still").await, 200);
+    gateway.signal("TERM");
+    let (status, log) = gateway.exit_within(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("config reload refused")
+            && l.contains("listen")),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_upgrade_socket_directory_others_can_enter_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = config(
+        dir.path(),
+        free_port(),
+        free_port(),
+        "127.0.0.1:9",
+        &format!(
+            "server: {{ upgrade_sock: \"{}/upgrade.sock\" }}",
+            shared.display()
+        ),
+    );
+    assert_start_fails(&path, "server.upgrade_sock: ");
+    assert_start_fails(&path, "mode 0700");
+}
+
+/// One GET on a fresh connection; any failure (connect, reset, non-200) is an `Err`.
+async fn try_get(port: u16, path: &str) -> Result<(), String> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", format!("127.0.0.1:{port}"))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?;
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+/// Loopback load from `clients` tasks until `stop`; returns (requests, failures).
+fn load(
+    port: u16,
+    clients: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, Vec<String>)>> {
+    use std::sync::atomic::Ordering;
+    (0..clients)
+        .map(|c| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut done, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = try_get(port, &format!("/load/{c}/{done}")).await {
+                        failed.push(e);
+                    }
+                    done += 1;
+                }
+                (done, failed)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_and_an_upgrade_under_load_fail_no_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (port, metrics) = (free_port(), free_port());
+    let sock = dir.path().join("private/upgrade.sock");
+    let extra = format!(
+        "server: {{ threads: 1, grace_period: 5s, shutdown_timeout: 1s, upgrade_sock: \"{}\" }}",
+        sock.display()
+    );
+    let path = config(
+        dir.path(),
+        port,
+        metrics,
+        &upstream.addr.to_string(),
+        &extra,
+    );
+    let old = Gateway::start(&path, port).await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let clients = load(port, 4, stop.clone());
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old.signal("HUP");
+    eventually(
+        metrics,
+        r#"countersign_config_reloads_total{result="ok"} 1"#,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The new process waits on the upgrade socket; the old one hands over on SIGQUIT.
+    let new = Gateway::start_with(&path, port, &["--upgrade"]).await;
+    let started = Instant::now();
+    while !sock.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no upgrade socket"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let private = std::fs::metadata(sock.parent().expect("dir")).expect("dir");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(private.permissions().mode() & 0o777, 0o700);
+    old.signal("QUIT");
+    let (status, err) = old.exit_within(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status}: {err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let (mut total, mut failures) = (0, Vec::new());
+    for c in clients {
+        let (done, failed) = c.await.expect("client");
+        total += done;
+        failures.extend(failed);
+    }
+    assert!(total > 100, "only {total} requests were sent");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} failed: {failures:?}",
+        failures.len()
+    );
+    // The new process serves alone now.
+    assert!(try_get(port, "/after").await.is_ok());
+    new.signal("TERM");
+    let (status, err) = new.exit_within(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}: {err}");
+}
