@@ -5,7 +5,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -87,50 +88,133 @@ struct Sink {
     prev: String,
 }
 
-/// The audit log writer; one mutex orders lines and the chain.
+/// Why an audit file cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Its directory cannot be created (a file is in the way, permissions).
+    #[error("cannot create directory {}: {source}", dir.display())]
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The file cannot be opened or read.
+    #[error("cannot open {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+/// The audit log writer; one mutex orders lines and the chain. Clones share one log.
+#[derive(Clone)]
 pub struct AuditLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     sink: Mutex<Sink>,
     path: Option<PathBuf>,
+    /// The last append failed (cleared by the next one that succeeds).
+    failing: AtomicBool,
 }
 
 impl AuditLog {
     /// Opens (appending to) `path`, continuing its chain, or writes to stdout when `None`.
-    pub fn open(path: Option<&Path>, also_stdout: bool) -> io::Result<AuditLog> {
+    pub fn open(path: Option<&Path>, also_stdout: bool) -> Result<AuditLog, OpenError> {
         let (file, prev) = match path {
             Some(p) => {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
+                    create_dir(dir)?;
                 }
+                let file_error = |source| OpenError::File {
+                    path: p.to_path_buf(),
+                    source,
+                };
                 let mut f = OpenOptions::new()
                     .create(true)
                     .append(true)
                     .read(true)
-                    .open(p)?;
-                let prev = last_line_hash(&mut f)?;
+                    .open(p)
+                    .map_err(file_error)?;
+                let prev = last_line_hash(&mut f).map_err(file_error)?;
                 (Some(f), prev)
             }
             None => (None, GENESIS.to_string()),
         };
         Ok(AuditLog {
-            sink: Mutex::new(Sink {
-                stdout: also_stdout || file.is_none(),
-                file,
-                prev,
+            shared: Arc::new(Shared {
+                sink: Mutex::new(Sink {
+                    stdout: also_stdout || file.is_none(),
+                    file,
+                    prev,
+                }),
+                path: path.map(Path::to_path_buf),
+                failing: AtomicBool::new(false),
             }),
-            path: path.map(Path::to_path_buf),
         })
     }
 
     /// Where records go: the file, or `stdout`.
     pub fn location(&self) -> String {
-        self.path
+        self.shared
+            .path
             .as_ref()
             .map_or_else(|| "stdout".to_string(), |p| p.display().to_string())
     }
 
+    /// Whether records can be written now: the last append succeeded and the file can still be
+    /// opened for appending (its directory was not removed, the file system is not read-only).
+    pub fn writable(&self) -> bool {
+        if self.shared.failing.load(Ordering::Relaxed) {
+            return false;
+        }
+        match &self.shared.path {
+            Some(p) => OpenOptions::new().append(true).open(p).is_ok(),
+            None => true,
+        }
+    }
+
+    /// Opens the file at the configured path anew, after logrotate moved the old one away. An
+    /// empty new file continues the chain of the old one (its first `prev` is the hash of the
+    /// old file's last line: verify it with `--from`); a file with records continues its own.
+    pub fn reopen(&self) -> Result<(), OpenError> {
+        let Some(p) = &self.shared.path else {
+            return Ok(());
+        };
+        let file_error = |source| OpenError::File {
+            path: p.clone(),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(p)
+            .map_err(file_error)?;
+        let last = last_line_hash(&mut f).map_err(file_error)?;
+        let mut sink = self.shared.sink.lock().unwrap_or_else(|e| e.into_inner());
+        if last != GENESIS {
+            sink.prev = last;
+        }
+        sink.file = Some(f);
+        Ok(())
+    }
+
     /// Appends one record. An error means it was not written (the caller fails closed).
     pub fn append(&self, record: &Record) -> io::Result<()> {
-        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let written = self.write(record);
+        self.shared
+            .failing
+            .store(written.is_err(), Ordering::Relaxed);
+        written
+    }
+
+    fn write(&self, record: &Record) -> io::Result<()> {
+        let mut sink = self.shared.sink.lock().unwrap_or_else(|e| e.into_inner());
         let line = serde_json::to_string(&Line {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             record,
@@ -152,6 +236,28 @@ impl AuditLog {
     }
 }
 
+/// Creates `dir` and its parents; a file in the way is named as such, not as "File exists".
+fn create_dir(dir: &Path) -> Result<(), OpenError> {
+    std::fs::create_dir_all(dir).map_err(|source| {
+        let blocker = dir
+            .ancestors()
+            .find(|a| a.metadata().is_ok_and(|m| !m.is_dir()));
+        match blocker {
+            Some(file) => OpenError::Directory {
+                dir: dir.to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", file.display()),
+                ),
+            },
+            None => OpenError::Directory {
+                dir: dir.to_path_buf(),
+                source,
+            },
+        }
+    })
+}
+
 fn hex_sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -162,7 +268,8 @@ fn last_line_hash(f: &mut File) -> io::Result<String> {
     let tail = len.min(1 << 20);
     f.seek(SeekFrom::Start(len - tail))?;
     let mut buf = Vec::with_capacity(tail as usize);
-    f.read_to_end(&mut buf)?;
+    // Bounded by the length seen: a device (or a file still growing) is never read to its end.
+    f.take(tail).read_to_end(&mut buf)?;
     let trimmed = buf.strip_suffix(b"\n").unwrap_or(&buf);
     if trimmed.is_empty() {
         return Ok(GENESIS.to_string());

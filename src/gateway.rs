@@ -74,6 +74,9 @@ pub struct RequestCtx {
     request_id: String,
     started: Instant,
     span: tracing::Span,
+    /// Status of the upstream's answer on the streamed path.
+    upstream_status: Option<u16>,
+    _in_flight: crate::metrics::InFlight,
 }
 
 /// What a high-impact request has established by the time it is forwarded.
@@ -156,6 +159,12 @@ impl Gateway {
     fn count(&self, route: &str, decision: Decision) {
         if let Some(m) = self.route_metrics.get(route) {
             m.decision(decision);
+        }
+    }
+
+    fn count_upstream(&self, route: &str, status: Option<u16>) {
+        if let Some(m) = self.route_metrics.get(route) {
+            m.upstream_response(status);
         }
     }
 
@@ -594,6 +603,8 @@ impl Gateway {
             }
             Err(ForwardError::Relay(e)) => (None, Err(e)),
         };
+        // Streamed low-risk requests are counted in `logging`; these never pass there.
+        self.count_upstream(&route.name, status);
         if route.risk == Risk::High {
             // Low-risk requests are measured and audited in `logging`, like streamed ones.
             self.observe_upstream(&route.name, started);
@@ -850,6 +861,15 @@ fn upstream_error(status: u16) -> (&'static str, &'static str) {
     }
 }
 
+/// A client that went away is routine (debug); anything else is worth a warning.
+fn log_failure(e: &Error, span: &tracing::Span) {
+    if *e.esource() == pingora::ErrorSource::Downstream {
+        tracing::debug!(parent: span, error = %e, "client connection ended early");
+    } else {
+        tracing::warn!(parent: span, error = %e, "request failed");
+    }
+}
+
 /// A request body as far as the gateway read it.
 enum BodyRead {
     /// All of it.
@@ -933,6 +953,8 @@ impl ProxyHttp for Gateway {
             request_id: Uuid::now_v7().simple().to_string(),
             started: Instant::now(),
             span: tracing::Span::none(),
+            upstream_status: None,
+            _in_flight: self.metrics.enter(),
         }
     }
 
@@ -1085,6 +1107,7 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
+        ctx.upstream_status = Some(head.status.as_u16());
         if let Some(route) = ctx.route.clone() {
             self.rewrite_urls(head, &route, session.req_header(), ctx);
         }
@@ -1132,20 +1155,29 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // `logging` reports each failure once, at the level its cause deserves.
+        true
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(e) = e {
+            log_failure(e, &ctx.span);
+        }
         let Some(route) = ctx.route.as_ref().filter(|r| r.risk == Risk::Low) else {
             return;
         };
         self.observe_upstream(&route.name, ctx.started);
+        let upstream_failed = e.is_some_and(|e| *e.esource() != pingora::ErrorSource::Downstream);
+        if ctx.upstream_status.is_some() || upstream_failed {
+            self.count_upstream(&route.name, ctx.upstream_status);
+        }
         if self.config.audit.passthrough {
             let mut record = self.audit_base(session.req_header(), ctx);
             record.event = Some(Event::Passthrough);
             record.upstream_status = session.response_written().map(|h| h.status.as_u16());
             record.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
             self.write_audit(&record);
-        }
-        if let Some(e) = e {
-            tracing::debug!(parent: &ctx.span, error = %e, "passthrough ended with an error");
         }
     }
 }

@@ -29,6 +29,10 @@ enum Command {
         /// The YAML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Take the listening sockets over from a running gateway: start this, then send the
+        /// old one SIGQUIT (both use `server.upgrade_sock`).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config and print the effective route table.
     Check {
@@ -117,12 +121,21 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), String> {
     match command {
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             let config = config::load(&config).map_err(|e| e.to_string())?;
             init_logs(config.log);
-            let assembled =
-                server::assemble(config, server::Runtime::PerThread).map_err(|e| e.to_string())?;
-            tracing::info!(listen = %assembled.summary.listen, metrics = ?assembled.summary.metrics, audit = %assembled.summary.audit, "countersign starting");
+            let start = if upgrade {
+                server::Start::Upgrade
+            } else {
+                server::Start::Fresh
+            };
+            let assembled = server::assemble_process(config, start).map_err(|e| e.to_string())?;
+            tracing::info!(
+                listen = %assembled.summary.listen,
+                metrics = %assembled.summary.metrics.as_deref().unwrap_or("off"),
+                audit = %assembled.summary.audit,
+                "countersign starting"
+            );
             assembled.run();
             Ok(())
         }
@@ -287,7 +300,7 @@ fn init_logs(format: LogConfig) {
         !(meta.target().starts_with("pingora") && *meta.level() > tracing::Level::INFO)
     })
     .with_max_level_hint(hint);
-    let filter = wanted.and(no_header_dumps);
+    let filter = wanted.and(no_header_dumps).and(RoutinePingoraErrors);
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
@@ -298,5 +311,73 @@ fn init_logs(format: LogConfig) {
         LogConfig::Pretty => tracing_subscriber::registry()
             .with(layer.with_filter(filter))
             .init(),
+    }
+}
+
+/// Pingora messages it logs at ERROR for routine events: a pooled upstream connection that its
+/// idle watcher still held (a fresh one is opened instead), clients that disconnect or send
+/// garbage before a request, an upgrade waiting for its sockets. Under load or a flood they would fill the log; they are dropped.
+const ROUTINE_PINGORA_ERRORS: [&str; 6] = [
+    "failed to acquire reusable stream",
+    "Fail to proxy: ",
+    "HTTP server fails to read from downstream",
+    "Downstream handshake error",
+    "Downstream handshake timeout",
+    // `run --upgrade` waiting for the old process to be sent SIGQUIT.
+    "No incoming socket transfer",
+];
+
+/// A log filter that drops [`ROUTINE_PINGORA_ERRORS`].
+struct RoutinePingoraErrors;
+
+impl<S> tracing_subscriber::layer::Filter<S> for RoutinePingoraErrors {
+    fn enabled(
+        &self,
+        _meta: &tracing::Metadata<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        // Records from the `log` bridge carry their target in a `log.target` field.
+        #[derive(Default)]
+        struct Fields {
+            target: String,
+            message: String,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                match field.name() {
+                    "message" => self.message = value.to_string(),
+                    "log.target" => self.target = value.to_string(),
+                    _ => {}
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.message = format!("{value:?}");
+                }
+            }
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let target = if fields.target.is_empty() {
+            event.metadata().target()
+        } else {
+            fields.target.as_str()
+        };
+        let message = fields.message;
+        !target.starts_with("pingora")
+            || !ROUTINE_PINGORA_ERRORS
+                .iter()
+                .any(|routine| message.starts_with(routine))
     }
 }

@@ -16,6 +16,12 @@ pub const REJECTIONS: &str = "countersign_rejections_total";
 pub const PROOF_VERIFY: &str = "countersign_proof_verify_seconds";
 /// `countersign_upstream_seconds{route}`.
 pub const UPSTREAM: &str = "countersign_upstream_seconds";
+/// `countersign_upstream_responses_total{route, class}`.
+pub const UPSTREAM_RESPONSES: &str = "countersign_upstream_responses_total";
+/// `countersign_config_reloads_total{result}`.
+pub const CONFIG_RELOADS: &str = "countersign_config_reloads_total";
+/// `countersign_requests_in_flight`.
+pub const IN_FLIGHT: &str = "countersign_requests_in_flight";
 /// `countersign_nonces_outstanding`.
 pub const NONCES_OUTSTANDING: &str = "countersign_nonces_outstanding";
 /// `countersign_replays_blocked_total{route}`.
@@ -68,6 +74,12 @@ pub struct Metrics {
     pub proof_verify: Histogram,
     /// Upstream latency by route.
     pub upstream: HistogramVec,
+    /// Upstream answers by route and status class (`1xx`…`5xx`, `error`).
+    pub upstream_responses: IntCounterVec,
+    /// Config reloads by result (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
+    /// Requests being handled now (a graceful stop exits when it reaches zero).
+    pub in_flight: IntGauge,
     /// Outstanding nonces.
     pub nonces_outstanding: IntGauge,
     /// Replays blocked by route.
@@ -108,6 +120,24 @@ impl Metrics {
             &["route"],
         )
         .expect("static metric definition is valid");
+        let upstream_responses = IntCounterVec::new(
+            Opts::new(
+                UPSTREAM_RESPONSES,
+                "Upstream answers by route and status class; error when none arrived.",
+            ),
+            &["route", "class"],
+        )
+        .expect("static metric definition is valid");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(CONFIG_RELOADS, "Config reloads (SIGHUP) by result."),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let in_flight = IntGauge::new(IN_FLIGHT, "Requests being handled now.")
+            .expect("static metric definition is valid");
         let nonces_outstanding = IntGauge::new(
             NONCES_OUTSTANDING,
             "Nonces issued and neither consumed nor expired.",
@@ -150,6 +180,9 @@ impl Metrics {
             Box::new(rejections.clone()),
             Box::new(proof_verify.clone()),
             Box::new(upstream.clone()),
+            Box::new(upstream_responses.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(in_flight.clone()),
             Box::new(nonces_outstanding.clone()),
             Box::new(replays_blocked.clone()),
             Box::new(audit_failures.clone()),
@@ -167,6 +200,9 @@ impl Metrics {
             rejections,
             proof_verify,
             upstream,
+            upstream_responses,
+            config_reloads,
+            in_flight,
             nonces_outstanding,
             replays_blocked,
             audit_failures,
@@ -189,7 +225,15 @@ impl Metrics {
             accepted: counter(Decision::Accepted, high_impact),
             observed: counter(Decision::Observed, observe),
             upstream: self.upstream.with_label_values(&[route]),
+            upstream_responses: UPSTREAM_CLASSES
+                .map(|class| self.upstream_responses.with_label_values(&[route, class])),
         }
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    pub fn enter(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
     }
 
     /// The Prometheus text exposition of this gateway and of the process.
@@ -203,6 +247,19 @@ impl Metrics {
     }
 }
 
+/// One request in flight; dropping it counts the request as done.
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The `class` labels of `countersign_upstream_responses_total`, indexed by status / 100 - 1;
+/// the last one counts requests that got no upstream answer at all.
+const UPSTREAM_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
 /// One route's request counters and upstream latency.
 #[derive(Clone)]
 pub struct RouteMetrics {
@@ -213,9 +270,19 @@ pub struct RouteMetrics {
     observed: Option<IntCounter>,
     /// Upstream latency of this route.
     pub upstream: Histogram,
+    upstream_responses: [IntCounter; 6],
 }
 
 impl RouteMetrics {
+    /// Counts one upstream answer by its status, or `None` when the upstream gave none.
+    pub fn upstream_response(&self, status: Option<u16>) {
+        let class = match status {
+            Some(s @ 100..=599) => usize::from(s / 100 - 1),
+            _ => UPSTREAM_CLASSES.len() - 1,
+        };
+        self.upstream_responses[class].inc();
+    }
+
     /// Counts one request decision.
     pub fn decision(&self, decision: Decision) {
         let counter = match decision {

@@ -2,18 +2,24 @@
 //! a Pingora server with the proxy service and the operations listener (`/metrics`, `/healthz`,
 //! `/readyz`, the provenance JWKS).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::connectors::ConnectorOptions;
 use pingora::protocols::http::ServerSession;
-use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
-use tokio::sync::Notify;
+use prometheus::IntGauge;
+use tokio::net::TcpStream;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, Notify};
 
 use crate::audit::AuditLog;
 use crate::config::{Config, StoreConfig};
@@ -26,12 +32,27 @@ use crate::routes::Risk;
 use crate::session::Sessions;
 use crate::store::{MemoryStore, RedisStore, ReplayStore};
 
+/// How long `/healthz` waits for the gateway listener to accept.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why the gateway could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A key, file or setting named by the config is unusable.
     #[error("{file}: {0}", file = .1)]
     Setting(String, String),
+    /// A listen address cannot be bound (in use, not local, not permitted).
+    #[error("{file}: {field}: cannot listen on {address}: {source}")]
+    Listen {
+        /// The config file.
+        file: String,
+        /// `listen` or `metrics.listen`.
+        field: &'static str,
+        /// The address as configured.
+        address: String,
+        /// Why the bind failed.
+        source: std::io::Error,
+    },
 }
 
 /// What a started gateway tells its operator.
@@ -54,6 +75,23 @@ pub struct Assembled {
     server: Server,
     /// What it will serve.
     pub summary: Summary,
+    process: Process,
+}
+
+/// What the process-owning run (`countersign run`) needs besides the server.
+struct Process {
+    source: PathBuf,
+    audit: AuditLog,
+    metrics: Arc<Metrics>,
+}
+
+/// How `countersign run` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Bind the listen addresses.
+    Fresh,
+    /// Take the listening sockets over from a running gateway (sent on its SIGQUIT).
+    Upgrade,
 }
 
 /// Which Tokio runtimes Pingora gives the gateway.
@@ -70,10 +108,31 @@ pub enum Runtime {
     Shared,
 }
 
-/// Assembles the gateway for `config`, to run on `runtime`.
+/// Assembles the gateway for `config`, to run inside this program on `runtime`.
 pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildError> {
+    build(config, runtime, None)
+}
+
+/// Assembles the gateway that owns this process (`countersign run`), started as `start`.
+pub fn assemble_process(config: Config, start: Start) -> Result<Assembled, BuildError> {
+    let file = config.source.display().to_string();
+    private_dir(&config.server.upgrade_sock)
+        .map_err(|e| BuildError::Setting(format!("server.upgrade_sock: {e}"), file))?;
+    build(config, Runtime::PerThread, Some(start))
+}
+
+fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assembled, BuildError> {
     let file = config.source.display().to_string();
     let setting = |e: String| BuildError::Setting(e, file.clone());
+    // Pingora retries a busy port for half a minute and then panics a listener thread while the
+    // rest of the process (and `/healthz`) stays up: try every address first and stop here.
+    // An upgrade receives sockets that the old process still holds.
+    if start != Some(Start::Upgrade) {
+        check_listen(&file, "listen", &config.listen)?;
+        if let Some(m) = &config.metrics {
+            check_listen(&file, "metrics.listen", &m.listen)?;
+        }
+    }
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     for risk in [Risk::Low, Risk::High] {
@@ -102,11 +161,8 @@ pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildErro
         Signer::load(config.provenance.signing_key.as_deref())
             .map_err(|e| setting(e.to_string()))?,
     );
-    if signer.ephemeral {
-        tracing::warn!("provenance.signing_key not set: signing with an ephemeral key");
-    }
     let audit = AuditLog::open(config.audit.path.as_deref(), config.audit.stdout)
-        .map_err(|e| setting(format!("audit.path: cannot open: {e}")))?;
+        .map_err(|e| setting(format!("audit.path: {e}")))?;
     let summary = Summary {
         listen: config.listen.clone(),
         metrics: config.metrics.as_ref().map(|m| m.listen.clone()),
@@ -134,12 +190,23 @@ pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildErro
         work_stealing: runtime == Runtime::Shared,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout.as_secs()),
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    let opt = start.map(|start| Opt {
+        upgrade: start == Start::Upgrade,
+        ..Opt::default()
+    });
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     // The confirmed-request connector trusts the same CAs as Pingora's own proxy connector.
     let forwarder = Forwarder::new(ConnectorOptions::from_server_conf(&server.configuration));
+    let process = Process {
+        source: config.source.clone(),
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+    };
+    let audit_handle = audit.clone();
     let gateway = Gateway::new(
         config.clone(),
         forwarder,
@@ -155,6 +222,8 @@ pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildErro
     server.add_service(proxy);
     if let Some(m) = &config.metrics {
         let ops = Operations {
+            serving: probe_address(&config.listen),
+            audit: audit_handle,
             metrics,
             signer,
             store,
@@ -163,7 +232,58 @@ pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildErro
         service.add_tcp(&m.listen);
         server.add_service(service);
     }
-    Ok(Assembled { server, summary })
+    if summary.ephemeral_key {
+        tracing::warn!("provenance.signing_key not set: signing with an ephemeral key");
+    }
+    Ok(Assembled {
+        server,
+        summary,
+        process,
+    })
+}
+
+/// Creates the directory of `sock` with mode 0700 and checks that it is ours and private: the
+/// old process hands its listening sockets to whoever answers there.
+fn private_dir(sock: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let dir = sock
+        .parent()
+        .ok_or_else(|| format!("{} has no directory", sock.display()))?;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    let own = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .map_err(|e| format!("cannot read /proc/self: {e}"))?;
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if !meta.is_dir() || meta.uid() != own || mode & 0o077 != 0 {
+        return Err(format!(
+            "{} must be a directory owned by uid {own} with mode 0700 (it is {}, uid {}, mode {mode:o})",
+            dir.display(),
+            if meta.is_dir() { "a directory" } else { "not a directory" },
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// Binds `address` once and lets it go, so a busy or foreign address stops the start at once.
+fn check_listen(file: &str, field: &'static str, address: &str) -> Result<(), BuildError> {
+    std::net::TcpListener::bind(address)
+        .map(drop)
+        .map_err(|source| BuildError::Listen {
+            file: file.to_string(),
+            field,
+            address: address.to_string(),
+            source,
+        })
 }
 
 /// A CA bundle must hold at least one PEM certificate: Pingora's TLS connector panics on one
@@ -180,9 +300,21 @@ fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
 }
 
 impl Assembled {
-    /// Runs until SIGTERM (graceful drain), SIGINT or SIGQUIT.
+    /// Runs until SIGTERM (drain, then exit), SIGINT (stop now) or SIGQUIT (hand the listening
+    /// sockets to `run --upgrade`, then drain); SIGHUP reloads.
     pub fn run(self) {
-        self.server.run(RunArgs::default());
+        let Assembled {
+            server, process, ..
+        } = self;
+        // Until the server's own handler is installed, a SIGHUP must not end the process.
+        ignore_hangup_until_handled();
+        let phases = server.watch_execution_phase();
+        let in_flight = process.metrics.in_flight.clone();
+        std::thread::spawn(move || exit_when_drained(phases, in_flight));
+        server.run(RunArgs {
+            shutdown_signal: Box::new(OperatorSignals { process }),
+        });
+        tracing::info!("countersign stopped");
     }
 
     /// Runs on a thread of its own until the handle is stopped or dropped.
@@ -199,6 +331,101 @@ impl Assembled {
             stop,
             thread: Some(thread),
             summary: self.summary,
+        }
+    }
+}
+
+/// Registers the process-wide SIGHUP handler now (it stays registered): the default action of
+/// SIGHUP is to terminate, and logrotate may send one at any time.
+fn ignore_hangup_until_handled() {
+    let registered = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map(|rt| rt.block_on(async { signal(SignalKind::hangup()).map(drop) }));
+    if !matches!(registered, Ok(Ok(()))) {
+        tracing::warn!("SIGHUP handler not installed early");
+    }
+}
+
+/// After a graceful stop began (listeners closed), exits as soon as no request is in flight
+/// instead of waiting out the whole grace period.
+fn exit_when_drained(mut phases: broadcast::Receiver<ExecutionPhase>, in_flight: IntGauge) {
+    loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+            Ok(ExecutionPhase::ShutdownRuntimes | ExecutionPhase::Terminated) => return,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+    // Two idle looks in a row: a request between accept and its first read is not yet counted.
+    let mut idle = 0;
+    while idle < 2 {
+        std::thread::sleep(DRAIN_POLL);
+        idle = if in_flight.get() == 0 { idle + 1 } else { 0 };
+    }
+    tracing::info!("no request in flight: exiting");
+    std::process::exit(0);
+}
+
+/// How often a draining gateway looks at its in-flight count.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// The signals of `countersign run`.
+struct OperatorSignals {
+    process: Process,
+}
+
+impl OperatorSignals {
+    /// SIGHUP: reopen the audit file, re-read and validate the config.
+    fn reload(&self) {
+        if let Err(e) = self.process.audit.reopen() {
+            tracing::warn!(error = %e, "audit file not reopened");
+        }
+        let result = match crate::config::load(&self.process.source) {
+            Ok(config) => Sessions::new(&config.session, config.confirmation.clock_skew)
+                .map(drop)
+                .map_err(|e| format!("{}: {e}", config.source.display())),
+            Err(e) => Err(e.to_string()),
+        };
+        let label = match &result {
+            Ok(()) => {
+                tracing::info!(config = %self.process.source.display(), "config reloaded");
+                "ok"
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "config reload refused; the running config stays");
+                "error"
+            }
+        };
+        self.process
+            .metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .inc();
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for OperatorSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let streams = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        );
+        let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut quit)) = streams else {
+            tracing::error!("signal handlers cannot be installed: stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.reload(),
+                _ = term.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+            }
         }
     }
 }
@@ -241,8 +468,25 @@ impl Drop for Running {
     }
 }
 
+/// The address `/healthz` connects to: the gateway listener, through loopback when it listens on
+/// every interface.
+fn probe_address(listen: &str) -> Option<SocketAddr> {
+    let mut addr = listen.to_socket_addrs().ok()?.next()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    Some(addr)
+}
+
 /// The operations listener.
 struct Operations {
+    /// The gateway listener `/healthz` checks is accepting.
+    serving: Option<SocketAddr>,
+    /// High-impact requests fail closed while it cannot be written.
+    audit: AuditLog,
     metrics: Arc<Metrics>,
     signer: Arc<Signer>,
     store: Arc<dyn ReplayStore>,
@@ -259,15 +503,44 @@ impl ServeHttp for Operations {
                     .set(self.store.outstanding_nonces() as i64);
                 (200, "text/plain; version=0.0.4", self.metrics.render())
             }
-            "/healthz" => (200, "application/json", br#"{"status":"ok"}"#.to_vec()),
-            "/readyz" => match self.store.ping().await {
-                Ok(()) => (200, "application/json", br#"{"status":"ready"}"#.to_vec()),
-                Err(_) => (
-                    503,
-                    "application/json",
-                    br#"{"status":"unavailable","error":"replay store unreachable"}"#.to_vec(),
-                ),
-            },
+            "/healthz" => {
+                // Healthy means the gateway port accepts connections, not merely that this
+                // listener is up: a gateway whose listener failed must never look alive.
+                let accepting = match self.serving {
+                    Some(addr) => matches!(
+                        tokio::time::timeout(HEALTH_PROBE_TIMEOUT, TcpStream::connect(addr)).await,
+                        Ok(Ok(_))
+                    ),
+                    None => false,
+                };
+                if accepting {
+                    (200, "application/json", br#"{"status":"ok"}"#.to_vec())
+                } else {
+                    (
+                        503,
+                        "application/json",
+                        br#"{"status":"unavailable","error":"gateway listener not accepting"}"#
+                            .to_vec(),
+                    )
+                }
+            }
+            "/readyz" => {
+                if !self.audit.writable() {
+                    (
+                        503,
+                        "application/json",
+                        br#"{"status":"unavailable","error":"audit log not writable"}"#.to_vec(),
+                    )
+                } else if self.store.ping().await.is_err() {
+                    (
+                        503,
+                        "application/json",
+                        br#"{"status":"unavailable","error":"replay store unreachable"}"#.to_vec(),
+                    )
+                } else {
+                    (200, "application/json", br#"{"status":"ready"}"#.to_vec())
+                }
+            }
             "/.well-known/countersign/jwks.json" => (
                 200,
                 "application/jwk-set+json",

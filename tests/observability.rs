@@ -137,6 +137,15 @@ async fn every_counter_has_its_exact_value_after_a_scripted_sequence() {
     // Proofs reached verification five times: accepted, replay, nonce_missing, device_mismatch, bad_typ.
     assert_metric(&metrics, "countersign_proof_verify_seconds_count 5");
     assert_metric(&metrics, "countersign_audit_write_failures_total 0");
+    for line in [
+        r#"countersign_upstream_responses_total{class="2xx",route="default"} 1"#,
+        r#"countersign_upstream_responses_total{class="2xx",route="delete-user"} 1"#,
+        r#"countersign_upstream_responses_total{class="5xx",route="delete-user"} 0"#,
+        r#"countersign_upstream_responses_total{class="error",route="delete-user"} 0"#,
+        r#"countersign_config_reloads_total{result="error"} 0"#,
+    ] {
+        assert_metric(&metrics, line);
+    }
     assert!(
         metrics.contains(r#"countersign_upstream_seconds_count{route="delete-user"} 1"#),
         "{metrics}"
@@ -157,6 +166,50 @@ async fn every_counter_has_its_exact_value_after_a_scripted_sequence() {
         !metrics.contains(SID) && !metrics.contains("/api/users/42"),
         "labels stay bounded"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_refuses_connections_is_counted_as_error_on_both_paths() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let gw = Gateway::start_at(CONFIG, addr).await;
+    let s = Script {
+        url: format!("{}/api/users/42", gw.base),
+        cookie: format!("sid={SID}"),
+        gw,
+    };
+    let passthrough = send(
+        &format!("{}/api/users", s.gw.base),
+        "GET",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(passthrough.status, 502);
+    let key = DeviceKey::generate(ProofAlg::Es256).expect("key");
+    let nonce = s.nonce().await;
+    let proof = key.proof("DELETE", &s.url, Some(&nonce), Some(SID));
+    let confirmed = s.delete(&[("dpop", &proof)]).await;
+    assert_eq!(confirmed.status, 502);
+    // The confirmed path counts once it has relayed the answer: wait for it.
+    let wanted = r#"countersign_upstream_responses_total{class="error",route="delete-user"} 1"#;
+    let mut metrics = s.gw.metrics().await;
+    for _ in 0..100 {
+        if metrics.lines().any(|l| l == wanted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = s.gw.metrics().await;
+    }
+    for line in [
+        r#"countersign_upstream_responses_total{class="error",route="default"} 1"#,
+        r#"countersign_upstream_responses_total{class="error",route="delete-user"} 1"#,
+        r#"countersign_upstream_responses_total{class="5xx",route="default"} 0"#,
+        r#"countersign_upstream_responses_total{class="2xx",route="delete-user"} 0"#,
+    ] {
+        assert_metric(&metrics, line);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -664,6 +664,7 @@ struct FileAudit {
     path: Option<PathBuf>,
     stdout: Option<bool>,
     passthrough: Option<bool>,
+    checkpoint_every: Option<u64>,
 }
 
 /// `server:`.
@@ -676,6 +677,7 @@ struct FileServer {
     threads: Option<usize>,
     grace_period: Option<Parsed<Duration>>,
     shutdown_timeout: Option<Parsed<Duration>>,
+    upgrade_sock: Option<PathBuf>,
 }
 
 /// `log.format`.
@@ -894,24 +896,30 @@ impl FileConfig {
                 max_entries: DEFAULT_MAX_ENTRIES,
             },
         };
-        let audit = self.audit.map_or(
-            AuditConfig {
+        let audit = match self.audit {
+            None => AuditConfig {
                 path: None,
                 stdout: false,
                 passthrough: false,
+                checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             },
-            |a| AuditConfig {
+            Some(a) => AuditConfig {
+                checkpoint_every: match a.checkpoint_every {
+                    Some(0) => return invalid("audit.checkpoint_every", "must be at least 1"),
+                    n => n.unwrap_or(DEFAULT_CHECKPOINT_EVERY),
+                },
                 path: a.path,
                 stdout: a.stdout.unwrap_or(false),
                 passthrough: a.passthrough.unwrap_or(false),
             },
-        );
+        };
         let server = match self.server {
             Some(server) => server.validate()?,
             None => ServerConfig {
                 threads: default_threads(),
                 grace_period: DEFAULT_GRACE_PERIOD,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                upgrade_sock: super::default_upgrade_sock(),
             },
         };
         let log = match self.log.and_then(|l| l.format) {
@@ -956,6 +964,7 @@ const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long SIGTERM lets in-flight requests finish before the runtimes stop.
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn default_threads() -> usize {
@@ -1236,6 +1245,16 @@ impl FileServer {
             shutdown_timeout: self
                 .shutdown_timeout
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |Parsed(d)| d),
+            upgrade_sock: match self.upgrade_sock {
+                Some(p) if p.is_relative() || p.parent().is_none_or(|d| d == Path::new("/")) => {
+                    return invalid(
+                        "server.upgrade_sock",
+                        "must be an absolute path inside a private directory, e.g. /run/countersign/upgrade.sock",
+                    )
+                }
+                Some(p) => p,
+                None => super::default_upgrade_sock(),
+            },
         })
     }
 }

@@ -220,6 +220,8 @@ pub struct AuditConfig {
     pub stdout: bool,
     /// Audit passthrough requests too (default false).
     pub passthrough: bool,
+    /// A signed checkpoint record after this many records (default 1000) and at shutdown.
+    pub checkpoint_every: u64,
 }
 
 /// `server:` (an extension): process settings.
@@ -231,6 +233,22 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// Then: how long the runtimes get to wind down their remaining tasks (default 10 s).
     pub shutdown_timeout: Duration,
+    /// Where `run --upgrade` receives the listening sockets; its directory is private (0700).
+    pub upgrade_sock: PathBuf,
+}
+
+/// The default upgrade socket: in the user's runtime directory, `/run/countersign` for root,
+/// else a per-user directory under `/tmp` (created 0700 and checked before use).
+pub fn default_upgrade_sock() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("countersign/upgrade.sock");
+    }
+    match std::fs::metadata("/proc/self").map(|m| m.uid()) {
+        Ok(0) => PathBuf::from("/run/countersign/upgrade.sock"),
+        Ok(uid) => PathBuf::from(format!("/tmp/countersign-{uid}/upgrade.sock")),
+        Err(_) => PathBuf::from("/run/countersign/upgrade.sock"),
+    }
 }
 
 /// `log:` (an extension).
