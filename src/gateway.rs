@@ -25,6 +25,7 @@ use crate::forwarding::{self, ClientView, Framing, Peer};
 use crate::htu;
 use crate::metrics::{Decision, Metrics, RouteMetrics};
 use crate::nonce::Action;
+use crate::policy;
 use crate::provenance::{self, Signer};
 use crate::reason::Reason;
 use crate::reply;
@@ -57,6 +58,7 @@ pub struct Gateway {
     forwarder: Forwarder,
     algs: String,
     route_metrics: HashMap<String, RouteMetrics>,
+    guard: policy::Guard,
 }
 
 /// Per-request state.
@@ -67,6 +69,15 @@ pub struct RequestCtx {
     request_id: String,
     started: Instant,
     span: tracing::Span,
+}
+
+/// The gateway's answer to a refused or challenged high-impact request.
+struct Answer<'a> {
+    status: u16,
+    code: &'a str,
+    description: &'a str,
+    /// More `WWW-Authenticate` parameters (RFC 9470 §3 `acr_values`, `max_age`), or empty.
+    auth_params: &'a str,
 }
 
 /// What a high-impact request has established by the time it is forwarded.
@@ -132,7 +143,13 @@ impl Gateway {
                 )
             })
             .collect();
+        let guard = policy::Guard::new(
+            config.policy.clone(),
+            config.risk.clone(),
+            &config.session.groups_claim,
+        );
         Ok(Gateway {
+            guard,
             route_metrics,
             config,
             targets,
@@ -246,9 +263,23 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
+        record: Record,
+        reason: Reason,
+        challenge: Option<(Challenge, Value)>,
+    ) -> pingora::Result<()> {
+        self.refuse_with(session, ctx, record, reason, challenge, "")
+            .await
+    }
+
+    /// [`Gateway::refuse`] with more `WWW-Authenticate` parameters (RFC 9470 §3 for a step-up).
+    async fn refuse_with(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
         mut record: Record,
         reason: Reason,
         challenge: Option<(Challenge, Value)>,
+        auth_params: &str,
     ) -> pingora::Result<()> {
         let route = record.route.clone();
         record.event = Some(Event::Rejected);
@@ -270,15 +301,13 @@ impl Gateway {
             // The rest of the body was never read: this connection cannot carry another request.
             session.set_keepalive(None);
         }
-        self.respond(
-            session,
-            ctx,
-            reason.status(),
-            reason.error_code(),
-            reason.description(),
-            challenge,
-        )
-        .await
+        let answer = Answer {
+            status: reason.status(),
+            code: reason.error_code(),
+            description: reason.description(),
+            auth_params,
+        };
+        self.respond(session, ctx, answer, challenge).await
     }
 
     /// The gateway's own answer to a high-impact request, with the DPoP headers a client needs.
@@ -286,17 +315,26 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
-        status: u16,
-        code: &str,
-        description: &str,
+        answer: Answer<'_>,
         challenge: Option<(Challenge, Value)>,
     ) -> pingora::Result<()> {
+        let Answer {
+            status,
+            code,
+            description,
+            auth_params,
+        } = answer;
         let mut headers = vec![("countersign-request-id", ctx.request_id.clone())];
         if matches!(status, 400 | 401) {
+            let more = if auth_params.is_empty() {
+                String::new()
+            } else {
+                format!(", {auth_params}")
+            };
             headers.push((
                 "www-authenticate",
                 format!(
-                    r#"DPoP error="{code}", error_description="{description}", algs="{}""#,
+                    r#"DPoP error="{code}", error_description="{description}", algs="{}"{more}"#,
                     self.algs
                 ),
             ));
@@ -346,12 +384,19 @@ impl Gateway {
             Self::view(ctx).external_uri(self.config.public_origin.as_ref(), req.uri.path());
         let htu = htu::normalize(&external);
         let target = target_of(&req);
+        let client_ip = policy::client_address(
+            ctx.peer.ip,
+            ctx.peer.trusted,
+            &req.headers,
+            &self.config.trusted_proxies,
+        );
         let exchange = Exchange {
             method: req.method.as_str(),
             target: &target,
             htu: htu.as_deref(),
             headers: &req.headers,
             body_sha256: &body_sha256,
+            client_ip,
         };
         let describe = |c: &Challenge| {
             json!({
@@ -375,9 +420,12 @@ impl Gateway {
                     .respond(
                         session,
                         ctx,
-                        401,
-                        "use_dpop_nonce",
-                        description,
+                        Answer {
+                            status: 401,
+                            code: "use_dpop_nonce",
+                            description,
+                            auth_params: "",
+                        },
                         Some((challenge, described)),
                     )
                     .await;
@@ -396,7 +444,43 @@ impl Gateway {
             }
         };
 
-        // 4. Audit before forwarding; fail closed.
+        // 4. Policy and live risk at the time of use (RFC 9470 step-up, network change, Cedar).
+        record.device = Some(confirmation.jkt.clone());
+        let facts = policy::Facts {
+            route: &route,
+            method: req.method.as_str(),
+            target: &target,
+            content_type: req
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            body: &body,
+            client_ip,
+            session: &user,
+            device: &confirmation.jkt,
+            origin: confirmation.origin.as_ref(),
+            now: std::time::SystemTime::now(),
+        };
+        match self.guard.decide(&facts) {
+            Ok(policies) => record.policies = Some(policies).filter(|p| !p.is_empty()),
+            Err(denial) => {
+                record.confirmation_id = Some(confirmation.id.to_string());
+                record.policies = Some(denial.policies);
+                let params = denial.challenge.unwrap_or_default();
+                let mut challenge = None;
+                if denial.reason.status() == 401 {
+                    if let Ok(c) = self.confirmer.fresh_challenge(&user, &exchange).await {
+                        let described = describe(&c);
+                        challenge = Some((c, described));
+                    }
+                }
+                return self
+                    .refuse_with(session, ctx, record, denial.reason, challenge, &params)
+                    .await;
+            }
+        }
+
+        // 5. Audit before forwarding; fail closed.
         record.event = Some(Event::Accepted);
         record.confirmation_id = Some(confirmation.id.to_string());
         record.parent_id = confirmation.chain.as_ref().map(|c| c.root.clone());
@@ -410,7 +494,7 @@ impl Gateway {
         tracing::info!(route = %route.name, confirmation_id = %confirmation.id, "accepted");
         self.count(&route.name, Decision::Accepted);
 
-        // 5. Forward, then relay the response with its rewrites.
+        // 6. Forward, then relay the response with its rewrites.
         let confirmed = Confirmed {
             req: &req,
             route: &route,

@@ -15,6 +15,7 @@ pub mod jwk;
 pub mod keys;
 pub mod metrics;
 pub mod nonce;
+pub mod policy;
 pub mod proof;
 pub mod provenance;
 pub mod reason;

@@ -184,6 +184,8 @@ pub struct Route {
     pub upstream: String,
     /// Whether it needs a confirmation.
     pub risk: Risk,
+    /// RFC 9470 step-up required of `bearer_jwt` sessions (`require:`).
+    pub require: Option<crate::policy::StepUp>,
 }
 
 impl Route {
@@ -413,6 +415,7 @@ mod tests {
             template: template(path),
             upstream: "legacy-admin".to_string(),
             risk,
+            require: None,
         }
     }
 
