@@ -20,6 +20,7 @@ pub mod proof;
 pub mod provenance;
 pub mod reason;
 pub mod reply;
+pub mod revocation;
 pub mod routes;
 pub mod server;
 pub mod session;

@@ -7,6 +7,8 @@
 //! Every refusal asserts the status, the error, the reason, the audit record and that the upstream
 //! saw nothing.
 
+#[path = "support/redis.rs"]
+mod redis_support;
 mod support;
 
 use std::path::Path;
@@ -19,6 +21,7 @@ use countersign::keys::DeviceKey;
 use countersign::policy::{Engine, Facts, Guard, Origin, RiskConfig};
 use countersign::routes::{PathTemplate, Risk, Route};
 use countersign::session::Session;
+use redis_support::RedisServer;
 use serde_json::{json, Value};
 use support::{send, Gateway, Reply, Upstream};
 
@@ -641,9 +644,10 @@ impl World {
         assert!(r.json()["error_description"].is_string());
         if status == 401 {
             assert_eq!(r.dpop_error().as_deref(), Some(error));
-            assert!(
+            assert_eq!(
                 r.header("dpop-nonce").is_some(),
-                "a 401 of a valid session has a nonce"
+                error != "invalid_token",
+                "a 401 of a valid session has a nonce, of an ended one none"
             );
         }
         let audit = self.gw.audit_of(r);
@@ -830,4 +834,101 @@ async fn a_network_change_asks_for_a_fresh_authentication() {
         .confirm("DELETE", "/api/accounts/44", &fresh, "", &away)
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// Runs `countersign sessions revoke` against the store of `store_line`.
+fn revoke_cli(store_line: &str, flag: &str, value: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: \"127.0.0.1:8080\"\nupstreams: {{ legacy: {{ address: \"127.0.0.1:9000\" }} }}\n\
+             session: {{ kind: bearer_jwt, hs256_secret_env: {HS256_ENV} }}\n{store_line}\n\
+             routes:\n  - {{ name: default, match: {{ path: \"/{{*rest}}\" }}, upstream: legacy, risk: low }}\n"
+        ),
+    )
+    .expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_countersign"))
+        .args(["sessions", "revoke", "--config"])
+        .arg(&config)
+        .args([flag, value])
+        .output()
+        .expect("run countersign");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "revoke failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("revoked "), "{stdout}");
+}
+
+#[tokio::test]
+async fn revocation_ends_a_session_and_a_subject_on_every_replica() {
+    let redis = RedisServer::start();
+    let store = format!("store: {{ kind: redis, url: \"{}\" }}", redis.url());
+    let a = World::start(&store).await;
+    let mut b = World::start(&store).await;
+    b.key = DeviceKey::from_pkcs8_pem(&a.key.to_pkcs8_pem()).expect("same device key");
+
+    // A session revoked by its audit hash is refused on the other replica.
+    let first = token(json!({"sub": "sam", "sid": "revoke-1"}));
+    let r = a
+        .confirm("DELETE", "/api/accounts/42", &first, "", &[])
+        .await;
+    assert_eq!(r.status, 200);
+    let hash = a.gw.audit_of(&r)["session"]
+        .as_str()
+        .expect("session hash")
+        .to_string();
+    revoke_cli(&store, "--session-hash", &hash);
+    let before = b.upstream.seen().len();
+    let url = format!("{}/api/accounts/42", b.gw.base);
+    let auth = format!("DPoP {first}");
+    let r = send(&url, "DELETE", &[("authorization", &auth)], Bytes::new()).await;
+    let audit = b.assert_refused(&r, before, 401, "invalid_token", "session_revoked");
+    assert_eq!(audit["session"], hash.as_str());
+
+    // A subject's sessions that started before its revocation end; a new sign-in works.
+    let second = token(json!({"sub": "sam", "sid": "revoke-2", "iat": now() - 10}));
+    let r = b
+        .confirm("DELETE", "/api/accounts/43", &second, "", &[])
+        .await;
+    assert_eq!(r.status, 200);
+    revoke_cli(&store, "--subject", "sam");
+    let before = a.upstream.seen().len();
+    let url = format!("{}/api/accounts/43", a.gw.base);
+    let auth = format!("DPoP {second}");
+    let r = send(&url, "DELETE", &[("authorization", &auth)], Bytes::new()).await;
+    a.assert_refused(&r, before, 401, "invalid_token", "session_revoked");
+    let other = token(json!({"sub": "kim", "sid": "revoke-3"}));
+    let r = a
+        .confirm("DELETE", "/api/accounts/44", &other, "", &[])
+        .await;
+    assert_eq!(r.status, 200, "another subject is untouched");
+    let later = token(json!({"sub": "sam", "sid": "revoke-4", "iat": now() + 2}));
+    let r = a
+        .confirm("DELETE", "/api/accounts/45", &later, "", &[])
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "a session started after the revocation works"
+    );
+}
+
+#[test]
+fn revocation_needs_the_shared_store_and_a_real_hash() {
+    let config = countersign::config::parse(
+        &config_with("{ cedar: config/policies.cedar }")
+            .replace("policy: { cedar: config/policies.cedar }\n", ""),
+        Path::new("gw.yaml"),
+    )
+    .expect("valid config");
+    use countersign::revocation::{revoke, Revocation};
+    let e = revoke(&config, &Revocation::SessionHash("0123456789abcdef".into()))
+        .expect_err("memory store");
+    assert!(e.to_string().contains("store.kind: redis"), "{e}");
+    let e = revoke(&config, &Revocation::SessionHash("not-a-hash".into())).expect_err("bad hash");
+    assert!(e.to_string().contains("16 hex digits"), "{e}");
 }
