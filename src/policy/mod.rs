@@ -1,6 +1,6 @@
 //! Policy and live risk at the time of use, decided after every confirmation check has passed and
 //! before anything is forwarded: the route's RFC 9470 step-up requirement, the session's network
-//! change, then the embedded Cedar policy over the request's facts (docs/protocol.md, "Policy").
+//! change, then the embedded Cedar policy over the request's facts (README, "Decisions").
 //! No network and no Pingora here: the gateway hands over facts and gets a decision.
 
 pub mod cedar;
