@@ -382,6 +382,42 @@ fn a_network_change_is_a_fact_for_the_policy_and_a_risk_decision() {
     assert_eq!(denial.policies, vec!["office", "same-network"]);
 }
 
+#[test]
+fn a_field_repeated_with_different_values_is_refused() {
+    let guard = Guard::new(Some(engine()), RiskConfig::default(), "groups");
+    let route = route(ROTATE.0, ROTATE.1);
+    let user = session(Some("alice"), json!({}));
+    let mut case = cases().remove(6);
+    for (target, allowed) in [
+        ("/api/secrets/db/rotate?force=yes&force=yes", true),
+        ("/api/secrets/db/rotate?force=no&force=yes", false),
+    ] {
+        case.path = target;
+        let decided = guard.decide(&facts_for(&case, &route, &user));
+        assert_eq!(decided.is_ok(), allowed, "{target}: {decided:?}");
+        if let Err(denial) = decided {
+            assert_eq!(denial.reason.as_str(), "policy_denied");
+            assert!(denial.policies.is_empty());
+        }
+    }
+    let mut form = cases().remove(6);
+    form.content_type = Some("application/x-www-form-urlencoded");
+    form.body = "reason=a&reason=b";
+    assert!(guard.decide(&facts_for(&form, &route, &user)).is_err());
+}
+
+#[test]
+fn a_template_with_slots_is_refused_at_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write(
+        dir.path(),
+        "t.cedar",
+        "permit(principal, action, resource);\npermit(principal == ?principal, action, resource);\n",
+    );
+    let e = Engine::load(Path::new(&file), None, &[]).expect_err("template refused");
+    assert!(e.to_string().contains("slots"), "{e}");
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write test file");

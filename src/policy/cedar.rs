@@ -79,6 +79,14 @@ impl Engine {
         let text = read(cedar)?;
         let parsed = PolicySet::from_str(&text)
             .map_err(|e| PolicyError::Cedar(located(cedar, &text, &e)))?;
+        if let Some(template) = parsed.templates().next() {
+            return Err(PolicyError::Cedar(format!(
+                "{}: template {} has slots (?principal, ?resource); only static policies are \
+                 evaluated, so it would never apply",
+                cedar.display(),
+                template.id()
+            )));
+        }
         // Name each policy by its `@id` annotation, so audit records carry the names SREs chose.
         let mut policies = PolicySet::new();
         for policy in parsed.policies() {

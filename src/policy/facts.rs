@@ -211,7 +211,9 @@ fn fields(text: &[u8]) -> Result<Expr, String> {
     for (name, value) in form_urlencoded::parse(text) {
         match seen.get(name.as_ref()) {
             Some(earlier) if *earlier != value => {
-                return Err(format!("ambiguous field {name:?}"));
+                // The name is client data: bounded before it reaches a log line.
+                let shown: String = name.chars().take(64).collect();
+                return Err(format!("field {shown:?} repeated with different values"));
             }
             Some(_) => {}
             None => {

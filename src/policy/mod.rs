@@ -226,9 +226,9 @@ impl Guard {
             current.as_deref(),
             now,
         )
-        .map_err(|ambiguous| Denial {
-            policies: vec![ambiguous],
-            ..Denial::of(Reason::PolicyDenied)
+        .map_err(|ambiguous| {
+            tracing::info!(route = %facts.route.name, "refused: {ambiguous}");
+            Denial::of(Reason::PolicyDenied)
         })?;
         match engine.authorize(query) {
             Ok(Verdict {
