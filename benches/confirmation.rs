@@ -102,6 +102,7 @@ fn bench_decide(c: &mut Criterion) {
                         htu: Some(&htu),
                         headers: &headers,
                         body_sha256: &body,
+                        client_ip: Some([192, 0, 2, 7].into()),
                     };
                     let nonce = match rt.block_on(confirmer.decide(&session, &exchange)) {
                         Outcome::Challenged(ch) => ch.nonce,
@@ -120,6 +121,7 @@ fn bench_decide(c: &mut Criterion) {
                         htu: Some(&htu),
                         headers: &with_proof,
                         body_sha256: &body,
+                        client_ip: Some([192, 0, 2, 7].into()),
                     };
                     let outcome = rt.block_on(confirmer.decide(&session, &exchange));
                     assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");

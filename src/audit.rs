@@ -72,6 +72,9 @@ pub struct Record {
     pub duration_ms: Option<u64>,
     /// Request id (also in `Countersign-Request-Id`).
     pub request_id: Option<String>,
+    /// The Cedar policies that determined the decision, when a policy is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]

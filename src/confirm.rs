@@ -2,6 +2,7 @@
 //! (structure, typ, alg, jwk, signature, claims, htm, htu, iat) → ath → device binding → nonce →
 //! jti, first failure wins. Single use is enforced by the store's atomic operations.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +14,7 @@ use crate::alg::ProofAlg;
 use crate::config::ConfirmationConfig;
 use crate::metrics::Metrics;
 use crate::nonce::{self, Action};
+use crate::policy::{self, Origin};
 use crate::proof::{self, ProofCheck};
 use crate::reason::Reason;
 use crate::session::{Session, SessionError, Sessions};
@@ -36,6 +38,8 @@ pub struct Confirmation {
     pub jkt: String,
     /// The confirmations this one continues, when it follows a redirect.
     pub chain: Option<Chain>,
+    /// Where the session's binding was made (first confirmation), when the client address is known.
+    pub origin: Option<Origin>,
 }
 
 /// The decision for one high-impact request.
@@ -71,6 +75,8 @@ pub struct Exchange<'a> {
     pub headers: &'a HeaderMap,
     /// SHA-256 of the body.
     pub body_sha256: &'a [u8; 32],
+    /// The client address, whose network the binding records.
+    pub client_ip: Option<IpAddr>,
 }
 
 /// Makes confirmation decisions.
@@ -148,6 +154,11 @@ impl Confirmer {
             target: ex.target,
             body_sha256: ex.body_sha256,
         };
+        match self.revoked(session, None).await {
+            Ok(false) => {}
+            Ok(true) => return rejected(Reason::SessionRevoked, None, None),
+            Err(refusal) => return rejected(refusal.reason(), None, None),
+        }
         match self.check(session, ex, &action).await {
             Ok(confirmation) => Outcome::Accepted(confirmation),
             Err(Refusal::NoProof) => match self.challenge(session, &action).await {
@@ -238,11 +249,82 @@ impl Confirmer {
                 return Err(fail(Reason::DeviceMismatch));
             }
         }
+        let origin = match ex.client_ip {
+            Some(ip) => {
+                let (network, since) = self.store_call(
+                    self.store
+                        .record_origin(
+                            &store::key("origin", &[session.id.as_bytes()]),
+                            &policy::network(ip),
+                            unix_now().max(0) as u64,
+                            self.binding_ttl,
+                        )
+                        .await,
+                )?;
+                Some(Origin { network, since })
+            }
+            None => None,
+        };
+        if let Some(origin) = &origin {
+            if self.revoked(session, Some(origin.since)).await? {
+                return Err(fail(Reason::SessionRevoked));
+            }
+        }
         Ok(Confirmation {
             id: Uuid::now_v7(),
             jkt: proof.jkt,
             chain,
+            origin,
         })
+    }
+
+    /// Whether the session, or its subject since before the session started, was revoked. The
+    /// session starts at its token's `iat`, else at `since` (its first confirmation); a subject
+    /// mark on a session with neither is decided once `since` is known.
+    async fn revoked(&self, session: &Session, since: Option<u64>) -> Result<bool, Refusal> {
+        let marked =
+            self.store_call(self.store.revoked(&session_mark(&session.id_hash())).await)?;
+        if marked.is_some() {
+            return Ok(true);
+        }
+        let Some(subject) = &session.subject else {
+            return Ok(false);
+        };
+        let Some(at) = self.store_call(self.store.revoked(&subject_mark(subject)).await)? else {
+            return Ok(false);
+        };
+        let iat = session
+            .claims
+            .as_deref()
+            .and_then(|c| c.get("iat"))
+            .and_then(serde_json::Value::as_i64)
+            .map(|t| t.max(0) as u64);
+        Ok(iat.or(since).is_some_and(|started| started <= at))
+    }
+
+    /// Revokes every binding of a session (by the hash audit records show) or of a subject, on
+    /// the store every replica shares; marks last `binding_ttl`.
+    pub async fn revoke(&self, mark: &store::Key) -> Result<(), StoreError> {
+        self.store
+            .revoke(mark, unix_now().max(0) as u64, self.binding_ttl)
+            .await
+    }
+
+    /// A fresh nonce for the action of `ex`, for a 401 that follows an accepted confirmation
+    /// (an RFC 9470 step-up): every 401 of a valid session carries one.
+    pub async fn fresh_challenge(
+        &self,
+        session: &Session,
+        ex: &Exchange<'_>,
+    ) -> Result<Challenge, Reason> {
+        let action = Action {
+            session_id: &session.id,
+            method: ex.method,
+            overrides: ex.overrides,
+            target: ex.target,
+            body_sha256: ex.body_sha256,
+        };
+        self.challenge(session, &action).await
     }
 
     /// Issues a nonce for `action`, bound to the session's device when it has one.
@@ -333,6 +415,16 @@ fn rejected(reason: Reason, device: Option<String>, challenge: Option<Challenge>
         device,
         challenge,
     }
+}
+
+/// The revocation mark of a session, by its audit hash (first 16 hex of SHA-256 of its id).
+pub fn session_mark(hash: &str) -> store::Key {
+    store::key("revoked-session", &[hash.to_ascii_lowercase().as_bytes()])
+}
+
+/// The revocation mark of a subject.
+pub fn subject_mark(subject: &str) -> store::Key {
+    store::key("revoked-subject", &[subject.as_bytes()])
 }
 
 /// The store key of a session's device binding.

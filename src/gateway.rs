@@ -27,6 +27,7 @@ use crate::forwarding::{self, ClientView, Framing, Peer};
 use crate::htu;
 use crate::metrics::{Decision, Metrics, RouteMetrics};
 use crate::nonce::Action;
+use crate::policy;
 use crate::provenance::{self, Signer};
 use crate::reason::Reason;
 use crate::reply;
@@ -60,6 +61,7 @@ pub struct Gateway {
     forwarder: Forwarder,
     algs: String,
     route_metrics: HashMap<String, RouteMetrics>,
+    guard: policy::Guard,
 }
 
 /// Per-request state.
@@ -142,7 +144,13 @@ impl Gateway {
                 )
             })
             .collect();
+        let guard = policy::Guard::new(
+            config.policy.clone(),
+            config.risk.clone(),
+            &config.session.groups_claim,
+        );
         Ok(Gateway {
+            guard,
             route_metrics,
             config,
             targets,
@@ -263,9 +271,23 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
+        record: Record,
+        reason: Reason,
+        challenge: Option<(Challenge, Value)>,
+    ) -> pingora::Result<()> {
+        self.refuse_with(session, ctx, record, reason, challenge, "")
+            .await
+    }
+
+    /// [`Gateway::refuse`] with more `WWW-Authenticate` parameters (RFC 9470 §3 for a step-up).
+    async fn refuse_with(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
         mut record: Record,
         reason: Reason,
         challenge: Option<(Challenge, Value)>,
+        auth_params: &str,
     ) -> pingora::Result<()> {
         let route = record.route.clone();
         let label = if route.is_empty() { "unrouted" } else { &route };
@@ -296,7 +318,11 @@ impl Gateway {
         let status = reason.status();
         let mut headers = vec![("countersign-request-id", ctx.request_id.clone())];
         if status == 401 || reason == Reason::MixedSchemes {
-            headers.extend(self.authenticate(reason.error_code(), reason.description()));
+            headers.extend(self.authenticate(
+                reason.error_code(),
+                reason.description(),
+                auth_params,
+            ));
         }
         let confirmation = challenge.map(|(challenge, confirmation)| {
             headers.push(("dpop-nonce", challenge.nonce));
@@ -315,12 +341,22 @@ impl Gateway {
     }
 
     /// `WWW-Authenticate` (RFC 9449 §7.1) and the CORS exposure a browser client needs.
-    fn authenticate(&self, code: &str, description: &str) -> [(&'static str, String); 2] {
+    fn authenticate(
+        &self,
+        code: &str,
+        description: &str,
+        auth_params: &str,
+    ) -> [(&'static str, String); 2] {
+        let more = if auth_params.is_empty() {
+            String::new()
+        } else {
+            format!(", {auth_params}")
+        };
         [
             (
                 "www-authenticate",
                 format!(
-                    r#"DPoP error="{code}", error_description="{description}", algs="{}""#,
+                    r#"DPoP error="{code}", error_description="{description}", algs="{}"{more}"#,
                     self.algs
                 ),
             ),
@@ -389,6 +425,12 @@ impl Gateway {
         let external =
             Self::view(ctx).external_uri(self.config.public_origin.as_ref(), target.path());
         let htu = htu::normalize(&external);
+        let client_ip = policy::client_address(
+            ctx.peer.ip,
+            ctx.peer.trusted,
+            &req.headers,
+            &self.config.trusted_proxies,
+        );
         let exchange = Exchange {
             method: req.method.as_str(),
             overrides: &ctx.overrides,
@@ -396,6 +438,7 @@ impl Gateway {
             htu: htu.as_deref(),
             headers: &req.headers,
             body_sha256: &body_sha256,
+            client_ip,
         };
         let describe = |c: &Challenge| {
             let mut described = json!({
@@ -433,7 +476,7 @@ impl Gateway {
                 let description = "confirmation required: sign this action with the DPoP-Nonce";
                 let described = describe(&challenge);
                 let mut headers = vec![("countersign-request-id", ctx.request_id.clone())];
-                headers.extend(self.authenticate("use_dpop_nonce", description));
+                headers.extend(self.authenticate("use_dpop_nonce", description, ""));
                 headers.push(("dpop-nonce", challenge.nonce));
                 return reply::error(
                     session,
@@ -459,7 +502,43 @@ impl Gateway {
             }
         };
 
-        // 4. Audit before forwarding; fail closed.
+        // 4. Policy and live risk at the time of use (RFC 9470 step-up, network change, Cedar).
+        record.device = Some(confirmation.jkt.clone());
+        let facts = policy::Facts {
+            route: &route,
+            method: req.method.as_str(),
+            target: &ctx.target,
+            content_type: req
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            body: &body,
+            client_ip,
+            session: &user,
+            device: &confirmation.jkt,
+            origin: confirmation.origin.as_ref(),
+            now: std::time::SystemTime::now(),
+        };
+        match self.guard.decide(&facts) {
+            Ok(policies) => record.policies = Some(policies).filter(|p| !p.is_empty()),
+            Err(denial) => {
+                record.confirmation_id = Some(confirmation.id.to_string());
+                record.policies = Some(denial.policies);
+                let params = denial.challenge.unwrap_or_default();
+                let mut challenge = None;
+                if denial.reason.status() == 401 {
+                    if let Ok(c) = self.confirmer.fresh_challenge(&user, &exchange).await {
+                        let described = describe(&c);
+                        challenge = Some((c, described));
+                    }
+                }
+                return self
+                    .refuse_with(session, ctx, record, denial.reason, challenge, &params)
+                    .await;
+            }
+        }
+
+        // 5. Audit before forwarding; fail closed.
         record.event = Some(Event::Accepted);
         record.confirmation_id = Some(confirmation.id.to_string());
         record.parent_id = confirmation.chain.as_ref().map(|c| c.root.clone());
@@ -473,7 +552,7 @@ impl Gateway {
         tracing::info!(route = %route.name, confirmation_id = %confirmation.id, "accepted");
         self.count(&route.name, Decision::Accepted);
 
-        // 5. Forward, then relay the response with its rewrites.
+        // 6. Forward, then relay the response with its rewrites.
         let confirmed = Confirmed {
             req: &req,
             route: &route,

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use countersign::alg::ProofAlg;
 use countersign::config::{self, LogConfig};
 use countersign::keys::DeviceKey;
-use countersign::{audit, demo, server};
+use countersign::{audit, demo, revocation, server};
 
 // glibc malloc was ~12% of passthrough CPU samples; mimalloc's thread-local free lists are
 // cheaper for pingora's many small per-request allocations (see BENCHMARKS.md).
@@ -47,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Session tools.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
     /// Create a device key (PKCS#8 PEM) and print its thumbprint (jkt).
     Keygen {
         /// Where to write the private key.
@@ -73,6 +78,22 @@ enum Command {
         /// The session credential (token, cookie or header value), for `ath`.
         #[arg(long)]
         token: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// End every binding of a session or a subject on the configured (shared) store.
+    Revoke {
+        /// The YAML config file (its store is the one revoked on).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The session, by its audit record's `session` field.
+        #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
+        session_hash: Option<String>,
+        /// Every session of this subject started so far.
+        #[arg(long)]
+        subject: Option<String>,
     },
 }
 
@@ -230,6 +251,26 @@ fn run(command: Command) -> Result<(), String> {
                 Some(found.upstream.clone())
             };
             print_out(&countersign::unprotected::report(&text, upstream_of));
+            Ok(())
+        }
+        Command::Sessions {
+            command:
+                SessionsCommand::Revoke {
+                    config,
+                    session_hash,
+                    subject,
+                },
+        } => {
+            let config = config::load(&config).map_err(|e| e.to_string())?;
+            let what = match (session_hash, subject) {
+                (Some(hash), _) => revocation::Revocation::SessionHash(hash),
+                (None, Some(subject)) => revocation::Revocation::Subject(subject),
+                (None, None) => return Err("give --session-hash or --subject".to_string()),
+            };
+            println!(
+                "{}",
+                revocation::revoke(&config, &what).map_err(|e| e.to_string())?
+            );
             Ok(())
         }
         Command::Keygen { out, alg } => {

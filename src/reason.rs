@@ -58,6 +58,16 @@ pub enum Reason {
     StoreUnavailable,
     /// The `accepted` audit record could not be written: fail closed.
     AuditUnavailable,
+    /// The session was revoked (`countersign sessions revoke`).
+    SessionRevoked,
+    /// RFC 9470: the authentication behind the session is not strong or recent enough.
+    StepUpRequired,
+    /// A network change the risk settings refuse.
+    RiskDenied,
+    /// The Cedar policy denied the action.
+    PolicyDenied,
+    /// The Cedar policy could not be evaluated: fail closed.
+    PolicyError,
 }
 
 impl Reason {
@@ -88,13 +98,20 @@ impl Reason {
             Reason::ActionMismatch => "action_mismatch",
             Reason::StoreUnavailable => "store_unavailable",
             Reason::AuditUnavailable => "audit_unavailable",
+            Reason::SessionRevoked => "session_revoked",
+            Reason::StepUpRequired => "step_up_required",
+            Reason::RiskDenied => "risk_denied",
+            Reason::PolicyDenied => "policy_denied",
+            Reason::PolicyError => "policy_error",
         }
     }
 
     /// The `error` code of the response (and of `WWW-Authenticate` for 401s).
     pub fn error_code(self) -> &'static str {
         match self {
-            Reason::NoSession | Reason::InvalidSession => "invalid_token",
+            Reason::NoSession | Reason::InvalidSession | Reason::SessionRevoked => "invalid_token",
+            Reason::StepUpRequired => "insufficient_user_authentication",
+            Reason::RiskDenied | Reason::PolicyDenied => "forbidden",
             Reason::InvalidTarget
             | Reason::UpgradeRefused
             | Reason::BodyTooLarge
@@ -106,7 +123,9 @@ impl Reason {
             | Reason::NonceExpired
             | Reason::NonceReplay
             | Reason::ActionMismatch => "use_dpop_nonce",
-            Reason::StoreUnavailable | Reason::AuditUnavailable => "temporarily_unavailable",
+            Reason::StoreUnavailable | Reason::AuditUnavailable | Reason::PolicyError => {
+                "temporarily_unavailable"
+            }
             _ => "invalid_dpop_proof",
         }
     }
@@ -117,7 +136,8 @@ impl Reason {
             Reason::BodyTooLarge | Reason::BodyTooLargeToRoute => 413,
             Reason::MixedSchemes | Reason::InvalidTarget | Reason::UpgradeRefused => 400,
             Reason::BodyTimeout => 408,
-            Reason::StoreUnavailable | Reason::AuditUnavailable => 503,
+            Reason::StoreUnavailable | Reason::AuditUnavailable | Reason::PolicyError => 503,
+            Reason::RiskDenied | Reason::PolicyDenied => 403,
             _ => 401,
         }
     }
@@ -156,6 +176,15 @@ impl Reason {
             Reason::JtiReplay => "DPoP proof jti was already used",
             Reason::StoreUnavailable => "replay store unavailable; high-impact actions are paused",
             Reason::AuditUnavailable => "audit log unavailable; high-impact actions are paused",
+            Reason::SessionRevoked => "this session was revoked; sign in again",
+            Reason::StepUpRequired => {
+                "a stronger or more recent authentication is required for this action"
+            }
+            Reason::RiskDenied => "this session is used from another network than it was bound on",
+            Reason::PolicyDenied => "the policy does not allow this action",
+            Reason::PolicyError => {
+                "the policy could not be evaluated; high-impact actions are paused"
+            }
         }
     }
 }

@@ -232,6 +232,8 @@ pub struct Route {
     pub enforce: bool,
     /// Whether WebSocket upgrades may pass (`websocket: true`, low-risk routes only).
     pub websocket: bool,
+    /// RFC 9470 step-up required of `bearer_jwt` sessions (`require:`).
+    pub require: Option<crate::policy::StepUp>,
 }
 
 impl Route {
@@ -252,6 +254,7 @@ impl Route {
             conditions: Conditions::default(),
             enforce: true,
             websocket: false,
+            require: None,
         }
     }
 

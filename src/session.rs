@@ -30,6 +30,9 @@ pub struct Session {
     pub cnf_jkt: Option<String>,
     /// Whether the credential came as `Authorization: Bearer`.
     pub bearer_scheme: bool,
+    /// Every claim of a verified session JWT (for policy and RFC 9470 step-up); `None` for
+    /// cookie and header sessions.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Session {
@@ -73,6 +76,7 @@ struct TokenKey {
 
 struct Verified {
     claims: Claims,
+    all: Arc<serde_json::Map<String, serde_json::Value>>,
     expires: SystemTime,
 }
 
@@ -176,6 +180,7 @@ impl Sessions {
                     ath: ath(token),
                     cnf_jkt,
                     bearer_scheme: scheme_bearer,
+                    claims: Some(claims.all.clone()),
                 })
             }
             (SessionKind::Cookie { name }, _) => {
@@ -230,6 +235,7 @@ fn opaque(value: &str, subject: Option<String>) -> Session {
         ath: ath(value),
         cnf_jkt: None,
         bearer_scheme: false,
+        claims: None,
     }
 }
 
@@ -325,11 +331,22 @@ impl JwtVerifier {
             if let Some(iss) = &self.issuer {
                 validation.set_issuer(&[iss]);
             }
-            if let Ok(data) = jsonwebtoken::decode::<Claims>(token, &candidate.key, &validation) {
-                let exp = data.claims.exp.unwrap_or(0).max(0) as u64;
+            let decoded = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                token,
+                &candidate.key,
+                &validation,
+            );
+            if let Ok(data) = decoded {
+                let Ok(claims) = serde_json::from_value::<Claims>(serde_json::Value::Object(
+                    data.claims.clone(),
+                )) else {
+                    return Err(SessionError::Invalid);
+                };
+                let exp = claims.exp.unwrap_or(0).max(0) as u64;
                 let verified = Arc::new(Verified {
                     expires: UNIX_EPOCH + Duration::from_secs(exp),
-                    claims: data.claims,
+                    claims,
+                    all: Arc::new(data.claims),
                 });
                 self.cache.insert(digest, verified.clone());
                 return Ok(verified);

@@ -47,6 +47,8 @@ const SUITE: &[(&str, Case)] = cases![
     of_64_concurrent_takes_exactly_one_consumes,
     issued_nonces_are_counted_until_consumed,
     ping_answers,
+    the_first_origin_of_a_session_holds,
+    a_revocation_mark_moves_forward_only,
 ];
 
 async fn run_suite(backend: &str, make: impl Fn() -> Store) {
@@ -213,6 +215,32 @@ async fn a_session_is_bound_to_its_first_device(s: Store) {
     assert_eq!(s.device(&key()).await.expect("device"), None);
 }
 
+async fn the_first_origin_of_a_session_holds(s: Store) {
+    let session = key();
+    let first = s.record_origin(&session, "192.0.2.0/24", 100, LONG).await;
+    assert_eq!(first.expect("origin"), ("192.0.2.0/24".to_string(), 100));
+    let later = s
+        .record_origin(&session, "198.51.100.0/24", 200, LONG)
+        .await;
+    assert_eq!(later.expect("origin"), ("192.0.2.0/24".to_string(), 100));
+    let other = s.record_origin(&key(), "2001:db8::/64", 300, SHORT).await;
+    assert_eq!(other.expect("origin"), ("2001:db8::/64".to_string(), 300));
+}
+
+async fn a_revocation_mark_moves_forward_only(s: Store) {
+    let mark = key();
+    assert_eq!(s.revoked(&mark).await.expect("revoked"), None);
+    s.revoke(&mark, 500, LONG).await.expect("revoke");
+    s.revoke(&mark, 400, LONG).await.expect("revoke");
+    assert_eq!(s.revoked(&mark).await.expect("revoked"), Some(500));
+    s.revoke(&mark, 600, LONG).await.expect("revoke");
+    assert_eq!(s.revoked(&mark).await.expect("revoked"), Some(600));
+    let short = key();
+    s.revoke(&short, 1, SHORT).await.expect("revoke");
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(s.revoked(&short).await.expect("revoked"), None);
+}
+
 async fn a_binding_expires_and_can_then_be_taken_by_another_device(s: Store) {
     let session = key();
     assert_eq!(
@@ -291,6 +319,13 @@ async fn keys_are_hashed_and_expire(store: Store, nodes: &[String]) {
     assert!(store.claim_jti(&jti, LONG).await.expect("claim"));
     let session = countersign::store::key("binding", &[raw.as_bytes()]);
     store.bind_device(&session, raw, LONG).await.expect("bind");
+    let origin = countersign::store::key("origin", &[raw.as_bytes()]);
+    store
+        .record_origin(&origin, "192.0.2.0/24", 1, LONG)
+        .await
+        .expect("origin");
+    let mark = countersign::store::key("revoked-subject", &[raw.as_bytes()]);
+    store.revoke(&mark, 1, LONG).await.expect("revoke");
 
     let mut found = Vec::new();
     for node in nodes {
@@ -301,7 +336,7 @@ async fn keys_are_hashed_and_expire(store: Store, nodes: &[String]) {
             found.push(name);
         }
     }
-    let kinds = ["nonce", "jti", "binding"];
+    let kinds = ["nonce", "jti", "binding", "origin", "revoked"];
     for kind in kinds {
         assert!(
             found

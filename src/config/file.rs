@@ -22,8 +22,11 @@ use super::{
     ProvenanceConfig, PublicOrigin, ServerConfig, SessionConfig, SessionKind, StoreConfig,
     Upstream, UpstreamScheme,
 };
+use std::sync::Arc;
+
 use crate::alg::ProofAlg;
 use crate::conditions::{Allowed, Conditions};
+use crate::policy::{Engine, OnIpChange, RiskConfig, StepUp};
 use crate::routes::{PathTemplate, Risk, Route, RouteTable};
 
 /// The field path of an error about the document as a whole.
@@ -500,7 +503,51 @@ struct FileConfig {
     audit: Option<FileAudit>,
     server: Option<FileServer>,
     log: Option<FileLog>,
+    policy: Option<FilePolicy>,
+    risk: Option<FileRisk2>,
     routes: Vec<FileRoute>,
+}
+
+/// `policy:`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { cedar: config/policies.cedar, schema: config/policies.cedarschema }"
+)]
+struct FilePolicy {
+    cedar: PathBuf,
+    schema: Option<PathBuf>,
+}
+
+/// `risk.on_ip_change`.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum FileOnIpChange {
+    Allow,
+    StepUp,
+    Deny,
+}
+
+/// `risk:`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { on_ip_change: step_up, max_age: 5m }"
+)]
+struct FileRisk2 {
+    on_ip_change: Option<FileOnIpChange>,
+    max_age: Option<Parsed<Duration>>,
+}
+
+/// `routes[i].require`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { acr: [phr], max_age: 5m }"
+)]
+struct FileRequire {
+    acr: Option<Vec<String>>,
+    max_age: Option<Parsed<Duration>>,
 }
 
 /// `metrics:`.
@@ -606,6 +653,7 @@ struct FileSession {
     binding_ttl: Option<Parsed<Duration>>,
     allow_bearer_scheme: Option<bool>,
     subject_header: Option<Parsed<HeaderText>>,
+    groups_claim: Option<String>,
 }
 
 /// `confirmation:`.
@@ -719,6 +767,7 @@ struct FileRoute {
     enforce: Option<bool>,
     /// `true`: WebSocket upgrades may pass (low-risk routes only).
     websocket: Option<bool>,
+    require: Option<FileRequire>,
 }
 
 /// One condition's allowed values: a scalar, a list of scalars, or `"*"` (present at all).
@@ -926,7 +975,36 @@ impl FileConfig {
             None | Some(FileLogFormat::Pretty) => LogConfig::Pretty,
             Some(FileLogFormat::Json) => LogConfig::Json,
         };
-        let routes = validate_routes(self.routes, &upstreams)?;
+        let bearer_jwt = matches!(session.kind, SessionKind::BearerJwt { .. });
+        let routes = validate_routes(self.routes, &upstreams, bearer_jwt)?;
+        let risk = match self.risk {
+            None => RiskConfig::default(),
+            Some(risk) => RiskConfig {
+                on_ip_change: match risk.on_ip_change {
+                    None | Some(FileOnIpChange::Allow) => OnIpChange::Allow,
+                    Some(FileOnIpChange::StepUp) => OnIpChange::StepUp,
+                    Some(FileOnIpChange::Deny) => OnIpChange::Deny,
+                },
+                max_age: positive("risk.max_age", risk.max_age, RiskConfig::default().max_age)?,
+            },
+        };
+        let policy = match self.policy {
+            None => None,
+            Some(policy) => {
+                let actions: Vec<&str> = routes
+                    .routes()
+                    .iter()
+                    .filter(|r| r.risk == Risk::High)
+                    .map(|r| r.name.as_str())
+                    .collect();
+                let engine = Engine::load(&policy.cedar, policy.schema.as_deref(), &actions)
+                    .map_err(|e| Invalid {
+                        path: "policy".to_string(),
+                        message: e.to_string(),
+                    })?;
+                Some(Arc::new(engine))
+            }
+        };
         Ok(Config {
             source: file.to_path_buf(),
             listen: self.listen.0.to_string(),
@@ -947,6 +1025,8 @@ impl FileConfig {
             routes,
             server,
             log,
+            policy,
+            risk,
         })
     }
 }
@@ -1037,6 +1117,7 @@ impl FileSession {
         )?;
         only_for("cookie", self.cookie.is_some(), &[Cookie])?;
         only_for("header", self.header.is_some(), &[Header])?;
+        only_for("groups_claim", self.groups_claim.is_some(), &[BearerJwt])?;
         only_for(
             "subject_header",
             self.subject_header.is_some(),
@@ -1118,6 +1199,10 @@ impl FileSession {
             binding_ttl: positive("session.binding_ttl", self.binding_ttl, DEFAULT_BINDING_TTL)?,
             allow_bearer_scheme: self.allow_bearer_scheme.unwrap_or(false),
             subject_header: self.subject_header.map(|Parsed(HeaderText(name))| name),
+            groups_claim: match self.groups_claim {
+                Some(claim) => non_empty("session.groups_claim", claim)?,
+                None => "groups".to_string(),
+            },
         })
     }
 }
@@ -1263,6 +1348,7 @@ impl FileServer {
 fn validate_routes(
     file_routes: Vec<FileRoute>,
     upstreams: &BTreeMap<String, Upstream>,
+    bearer_jwt: bool,
 ) -> Result<RouteTable, Invalid> {
     if file_routes.is_empty() {
         return invalid(
@@ -1363,11 +1449,61 @@ fn validate_routes(
                 );
             }
         }
+        let require = match file_route.require {
+            None => None,
+            Some(require) => Some(validate_require(&path, require, risk, bearer_jwt)?),
+        };
         let mut route = Route::new(&name, methods, template, &file_route.upstream, risk);
         route.conditions = conditions;
         route.enforce = enforce;
         route.websocket = websocket;
+        route.require = require;
         routes.push(route);
     }
     Ok(RouteTable::new(routes))
+}
+
+/// `routes[i].require`: RFC 9470 step-up needs a token carrying `acr` and `auth_time`, so it is
+/// only accepted for high-impact routes of `bearer_jwt` sessions.
+fn validate_require(
+    path: &str,
+    require: FileRequire,
+    risk: Risk,
+    bearer_jwt: bool,
+) -> Result<StepUp, Invalid> {
+    let path = format!("{path}.require");
+    if risk != Risk::High {
+        return invalid(
+            path,
+            "only applies to risk: high routes (it is checked after the confirmation)",
+        );
+    }
+    if !bearer_jwt {
+        return invalid(
+            path,
+            "needs session.kind: bearer_jwt: only a token carries acr and auth_time (RFC 9470)",
+        );
+    }
+    let acr = require.acr.unwrap_or_default();
+    if let Some(i) = acr
+        .iter()
+        .position(|a| a.trim().is_empty() || a.contains(['"', '\\', ' ']))
+    {
+        return invalid(
+            format!("{path}.acr[{i}]"),
+            "must be a non-empty acr value without spaces, quotes or backslashes",
+        );
+    }
+    let max_age = match require.max_age {
+        None => None,
+        Some(age) => Some(positive(
+            &format!("{path}.max_age"),
+            Some(age),
+            Duration::ZERO,
+        )?),
+    };
+    if acr.is_empty() && max_age.is_none() {
+        return invalid(path, "requires nothing; give acr: [...] and/or max_age: 5m");
+    }
+    Ok(StepUp { acr, max_age })
 }

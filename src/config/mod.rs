@@ -62,6 +62,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Log output.
     pub log: LogConfig,
+    /// Cedar policies evaluated after every confirmation (`policy:`); `None` when not configured.
+    pub policy: Option<std::sync::Arc<crate::policy::Engine>>,
+    /// Live risk settings (`risk:`).
+    pub risk: crate::policy::RiskConfig,
 }
 
 /// `public_origin`: scheme, host, port and an optional path prefix an outer proxy strips.
@@ -124,6 +128,8 @@ pub struct SessionConfig {
     pub allow_bearer_scheme: bool,
     /// Header an upstream auth proxy sets with the subject; trusted only from `trusted_proxies`.
     pub subject_header: Option<String>,
+    /// The token claim listing the subject's groups (default `groups`).
+    pub groups_claim: String,
 }
 
 /// `session.kind` and its parameters.

@@ -57,6 +57,10 @@ struct Shard {
     nonces: HashMap<Key, Nonce>,
     jtis: HashMap<Key, Millis>,
     bindings: HashMap<Key, Binding>,
+    /// Binding origins: (unix time, network), expiry.
+    origins: HashMap<Key, (u64, Box<str>, Millis)>,
+    /// Revocation marks: unix time, expiry.
+    revoked: HashMap<Key, (u64, Millis)>,
     /// The earliest expiry of anything in the shard (a lower bound between sweeps).
     next_expiry: Millis,
     swept: Millis,
@@ -100,6 +104,8 @@ impl Shard {
         });
         self.jtis.retain(|_, expires| live(*expires));
         self.bindings.retain(|_, b| live(b.expires));
+        self.origins.retain(|_, o| live(o.2));
+        self.revoked.retain(|_, r| live(r.1));
         self.next_expiry = next;
         shrink(&mut self.nonces);
         shrink(&mut self.jtis);
@@ -363,6 +369,69 @@ impl ReplayStore for MemoryStore {
             .get(session)
             .filter(|b| b.expires > now)
             .map(|b| b.jkt.to_string()))
+    }
+
+    async fn record_origin(
+        &self,
+        session: &Key,
+        network: &str,
+        at: u64,
+        ttl: Duration,
+    ) -> Result<(String, u64), StoreError> {
+        let reserved = self.reserve().is_ok();
+        let now = self.now();
+        let expires = self.expiry(now, ttl);
+        let mut shard = self.shard(session, now);
+        let (held, used_slot) = match shard.origins.get_mut(session) {
+            Some(held) if held.2 > now => (Ok((held.1.to_string(), held.0)), false),
+            Some(expired) => {
+                *expired = (at, network.into(), expires);
+                (Ok((network.to_string(), at)), false)
+            }
+            None if reserved => {
+                shard
+                    .origins
+                    .insert(*session, (at, network.into(), expires));
+                (Ok((network.to_string(), at)), true)
+            }
+            None => (Err(StoreError::Full), false),
+        };
+        shard.note_expiry(expires);
+        drop(shard);
+        if reserved && !used_slot {
+            self.unreserve();
+        }
+        held
+    }
+
+    async fn revoke(&self, mark: &Key, at: u64, ttl: Duration) -> Result<(), StoreError> {
+        let reserved = self.reserve().is_ok();
+        let now = self.now();
+        let expires = self.expiry(now, ttl);
+        let mut shard = self.shard(mark, now);
+        let (outcome, used_slot) = match shard.revoked.get_mut(mark) {
+            Some(held) => {
+                *held = (held.0.max(at), expires);
+                (Ok(()), false)
+            }
+            None if reserved => {
+                shard.revoked.insert(*mark, (at, expires));
+                (Ok(()), true)
+            }
+            None => (Err(StoreError::Full), false),
+        };
+        shard.note_expiry(expires);
+        drop(shard);
+        if reserved && !used_slot {
+            self.unreserve();
+        }
+        outcome
+    }
+
+    async fn revoked(&self, mark: &Key) -> Result<Option<u64>, StoreError> {
+        let now = self.now();
+        let shard = self.shard(mark, now);
+        Ok(shard.revoked.get(mark).filter(|r| r.1 > now).map(|r| r.0))
     }
 
     fn outstanding_nonces(&self) -> u64 {

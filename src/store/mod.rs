@@ -112,6 +112,19 @@ pub trait ReplayStore: Send + Sync {
     ) -> Result<Bind, StoreError>;
     /// The key bound to a session, if any.
     async fn device(&self, session: &Key) -> Result<Option<String>, StoreError>;
+    /// Records where a session's binding was made (its client network and unix time) on its
+    /// first confirmation; answers the record that holds (the first one wins).
+    async fn record_origin(
+        &self,
+        session: &Key,
+        network: &str,
+        at: u64,
+        ttl: Duration,
+    ) -> Result<(String, u64), StoreError>;
+    /// Marks a session hash or subject revoked at unix time `at` for `ttl`.
+    async fn revoke(&self, mark: &Key, at: u64, ttl: Duration) -> Result<(), StoreError>;
+    /// When `mark` was revoked, if it was.
+    async fn revoked(&self, mark: &Key) -> Result<Option<u64>, StoreError>;
     /// Nonces issued and neither consumed nor expired (approximate).
     fn outstanding_nonces(&self) -> u64;
     /// Whether the backend answers now.

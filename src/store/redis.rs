@@ -89,6 +89,31 @@ return 2
     )
 });
 
+/// Records a binding's origin on first use: `KEYS[1]` the session, `ARGV[1]` `"<unix> <network>"`,
+/// `ARGV[2]` the TTL in ms. Answers the record that holds.
+static RECORD_ORIGIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] end
+return redis.call('GET', KEYS[1]) or ARGV[1]
+",
+    )
+});
+
+/// Marks a revocation: `KEYS[1]` the mark, `ARGV[1]` the unix time, `ARGV[2]` the TTL in ms; an
+/// earlier mark is moved forward, never back.
+static REVOKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = tonumber(redis.call('GET', KEYS[1]) or '0')
+local at = tonumber(ARGV[1])
+if held > at then at = held end
+redis.call('SET', KEYS[1], tostring(at), 'PX', ARGV[2])
+return 1
+",
+    )
+});
+
 /// Why a Redis store could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisSetupError {
@@ -284,6 +309,37 @@ impl ReplayStore for RedisStore {
         let mut cmd = ::redis::cmd("GET");
         cmd.arg(key);
         self.call(Request::Command(cmd)).await
+    }
+
+    async fn record_origin(
+        &self,
+        session: &Key,
+        network: &str,
+        at: u64,
+        ttl: Duration,
+    ) -> Result<(String, u64), StoreError> {
+        let key = redis_key("origin", session);
+        let mut invocation = RECORD_ORIGIN.key(key);
+        invocation.arg(format!("{at} {network}")).arg(millis(ttl));
+        let held: String = self.call(Request::Script(invocation)).await?;
+        Ok(parse_origin(&held).unwrap_or((network.to_string(), at)))
+    }
+
+    async fn revoke(&self, mark: &Key, at: u64, ttl: Duration) -> Result<(), StoreError> {
+        let key = redis_key("revoked", mark);
+        let mut invocation = REVOKE.key(key);
+        invocation.arg(at).arg(millis(ttl));
+        self.call::<i64>(Request::Script(invocation))
+            .await
+            .map(drop)
+    }
+
+    async fn revoked(&self, mark: &Key) -> Result<Option<u64>, StoreError> {
+        let key = redis_key("revoked", mark);
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(key);
+        let at: Option<String> = self.call(Request::Command(cmd)).await?;
+        Ok(at.and_then(|a| a.parse().ok()))
     }
 
     /// Nonces this replica issued that it has not seen consumed and that have not expired: a
@@ -591,6 +647,12 @@ fn redis_key(kind: &str, key: &Key) -> String {
 /// A TTL in whole milliseconds, at least 1 (`PX 0` is an error).
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Decodes an origin record, `"<unix> <network>"`.
+fn parse_origin(held: &str) -> Option<(String, u64)> {
+    let (at, network) = held.split_once(' ')?;
+    Some((network.to_string(), at.parse().ok()?))
 }
 
 /// Decodes the take script's `=value` / empty encoding.
