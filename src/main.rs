@@ -48,19 +48,27 @@ enum Command {
         /// Where to write the private key.
         #[arg(long, short, default_value = "device-key.pem")]
         out: PathBuf,
-        /// Key algorithm.
+        /// Key algorithm: ES256 or EdDSA (what `confirmation.algs` accepts by default); ES384,
+        /// RS256 and PS256 only where the gateway's `confirmation.algs` lists them.
         #[arg(long, default_value = "ES256")]
         alg: String,
+        /// Overwrite an existing key file (the old key is lost, and so is its session binding).
+        #[arg(long)]
+        force: bool,
     },
+    /// Send one request through the gateway, confirming it with the device key when asked
+    /// (curl-like: -X, -H, --data, -i, -o, -L).
+    Request(countersign::client::RequestArgs),
     /// Sign a DPoP proof for one request, to use with curl.
     Proof {
         /// The device key written by `keygen`.
         #[arg(long)]
         key: PathBuf,
-        /// HTTP method of the request.
+        /// HTTP method of the request, upper case as sent (e.g. DELETE).
         #[arg(long)]
         method: String,
-        /// Full URL of the request.
+        /// Full URL of the request as the client reaches the gateway (e.g.
+        /// http://127.0.0.1:8080/api/users/42).
         #[arg(long)]
         url: String,
         /// The `DPoP-Nonce` the gateway answered with.
@@ -219,11 +227,24 @@ fn run(command: Command) -> Result<(), String> {
             print_out(&countersign::unprotected::report(&text, upstream_of));
             Ok(())
         }
-        Command::Keygen { out, alg } => {
-            let alg =
-                ProofAlg::from_name(&alg).ok_or_else(|| format!("unknown algorithm {alg}"))?;
+        Command::Keygen { out, alg, force } => {
+            let known = || {
+                ProofAlg::ALL
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let alg = ProofAlg::from_name(&alg)
+                .ok_or_else(|| format!("unknown algorithm {alg:?}; known: {}", known()))?;
+            if !matches!(alg, ProofAlg::Es256 | ProofAlg::EdDsa) {
+                eprintln!(
+                    "note: the gateway accepts {} proofs only if its confirmation.algs lists it (the default is [ES256, EdDSA])",
+                    alg.as_str()
+                );
+            }
             let key = DeviceKey::generate(alg).map_err(|e| e.to_string())?;
-            write_private(&out, key.to_pkcs8_pem().as_bytes())?;
+            write_private(&out, key.to_pkcs8_pem().as_bytes(), force)?;
             println!("{}", key.jkt());
             eprintln!(
                 "wrote {} ({}); its thumbprint (jkt) is printed above",
@@ -232,6 +253,7 @@ fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Request(args) => countersign::client::run(args).map_err(|e| e.to_string()),
         Command::Proof {
             key,
             method,
@@ -239,6 +261,15 @@ fn run(command: Command) -> Result<(), String> {
             nonce,
             token,
         } => {
+            countersign::client::checked_method(&method).map_err(|e| e.to_string())?;
+            let absolute = url.parse::<http::Uri>().ok().filter(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+            });
+            if absolute.is_none() {
+                return Err(format!(
+                    "--url {url:?}: the proof's htu must be the full URL the gateway is reached at, with scheme and host, e.g. http://127.0.0.1:8080/api/users/42"
+                ));
+            }
             let pem =
                 std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
             let key = DeviceKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
@@ -257,15 +288,30 @@ fn print_out(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
-fn write_private(path: &PathBuf, bytes: &[u8]) -> Result<(), String> {
+fn write_private(path: &PathBuf, bytes: &[u8], force: bool) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    if force {
+        // A fresh file, so the 0600 mode applies whatever the old one had.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("{}: {e}", path.display()))
+            }
+            _ => {}
+        }
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "{} already exists; keeping it (pass --force to replace it, or --out another path)",
+                path.display()
+            ),
+            _ => format!("{}: {e}", path.display()),
+        })?;
     f.write_all(bytes)
         .map_err(|e| format!("{}: {e}", path.display()))
 }
