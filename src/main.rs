@@ -112,6 +112,33 @@ fn describe_allowed(allowed: &countersign::conditions::Allowed) -> String {
     }
 }
 
+/// The session kind, replay store and audit destination, one line each.
+fn describe_setup(config: &config::Config) -> String {
+    use countersign::config::{SessionKind, StoreConfig};
+    let session = match &config.session.kind {
+        SessionKind::BearerJwt { .. } => "bearer_jwt (Authorization: DPoP <jwt>)".to_string(),
+        SessionKind::Cookie { name } => format!("cookie (cookie {name})"),
+        SessionKind::Header { name } => format!("header (header {name})"),
+    };
+    let store = match &config.store {
+        StoreConfig::Memory { max_entries } => {
+            format!("memory (at most {max_entries} entries, this process only)")
+        }
+        StoreConfig::Redis { url, .. } => {
+            // Never print a password: keep the scheme and what follows the userinfo.
+            let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("redis ({scheme}://{rest})")
+        }
+    };
+    let audit = match (&config.audit.path, config.audit.stdout) {
+        (Some(path), true) => format!("{} and stdout", path.display()),
+        (Some(path), false) => path.display().to_string(),
+        (None, _) => "stdout".to_string(),
+    };
+    format!("session {session}\nstore {store}\naudit {audit}")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -144,6 +171,18 @@ fn run(command: Command) -> Result<(), String> {
             countersign::session::Sessions::new(&config.session, config.confirmation.clock_skew)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let mut out = format!("{}: ok\nlisten {}\n", path.display(), config.listen);
+            let _ = writeln!(out, "{}", describe_setup(&config));
+            // `run` refuses a name that does not resolve; here it is only a warning, since the
+            // name may exist only where the gateway will run.
+            for upstream in config.upstreams.values() {
+                use std::net::ToSocketAddrs;
+                if let Err(e) = upstream.address.to_socket_addrs() {
+                    eprintln!(
+                        "warning: upstreams.{}.address {:?} does not resolve here ({e}); `run` will refuse to start where it does not",
+                        upstream.name, upstream.address
+                    );
+                }
+            }
             let _ = writeln!(
                 out,
                 "{:<4} {:<24} {:<22} {:<40} upstream",

@@ -336,3 +336,35 @@ fn proof_refuses_a_lower_case_method_and_a_relative_url_saying_the_fix() {
         .status
         .success());
 }
+
+#[test]
+fn check_warns_of_an_unresolvable_upstream_and_prints_session_store_and_audit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "listen: \"127.0.0.1:8080\"\nupstreams: { legacy: { address: \"no-such-host.invalid:80\" } }\nsession: { kind: header, header: x-s }\nstore: { kind: redis, url: \"redis://ops:hunter2@redis.internal:6379/0\" }\nroutes:\n  - name: all\n    match: { path: \"/{*rest}\" }\n    upstream: legacy\n    risk: low\n",
+    )
+    .expect("write config");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: upstreams.legacy.address \"no-such-host.invalid:80\" does not resolve here"
+        ),
+        "{stderr}"
+    );
+    assert!(stdout.contains("session header (header x-s)\n"), "{stdout}");
+    assert!(
+        stdout.contains("store redis (redis://redis.internal:6379/0)\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("audit stdout\n"), "{stdout}");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+}
