@@ -133,6 +133,7 @@ impl Confirmer {
             .map_err(|e| match e {
                 SessionError::Missing => Reason::NoSession,
                 SessionError::Invalid => Reason::InvalidSession,
+                SessionError::BearerNotAllowed => Reason::BearerNotAllowed,
                 // RFC 9449 §7.2: a DPoP-bound token must not be downgraded to Bearer.
                 SessionError::Downgrade if headers.contains_key("dpop") => Reason::MixedSchemes,
                 SessionError::Downgrade => Reason::InvalidSession,

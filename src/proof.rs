@@ -127,7 +127,7 @@ pub fn verify(dpop_headers: &[&[u8]], check: &ProofCheck) -> Result<VerifiedProo
         .get("iat")
         .and_then(Value::as_i64)
         .ok_or(Reason::MissingClaim)?;
-    let ath = take_string(&mut claims, "ath").ok_or(Reason::MissingClaim)?;
+    let ath = take_string(&mut claims, "ath").ok_or(Reason::AthMissing)?;
     let nonce = match claims.remove("nonce") {
         None => None,
         Some(Value::String(nonce)) => Some(nonce),

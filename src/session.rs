@@ -49,6 +49,8 @@ pub enum SessionError {
     Invalid,
     /// A DPoP-bound token sent with the `Bearer` scheme (RFC 9449 §7.2).
     Downgrade,
+    /// A token sent with the `Bearer` scheme while `session.allow_bearer_scheme` is false.
+    BearerNotAllowed,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,7 +165,7 @@ impl Sessions {
                     return Err(SessionError::Downgrade);
                 }
                 if scheme_bearer && !self.config.allow_bearer_scheme {
-                    return Err(SessionError::Invalid);
+                    return Err(SessionError::BearerNotAllowed);
                 }
                 let id = claims
                     .sid

@@ -53,9 +53,10 @@ const KNOWN_METHODS: [&str; 16] = [
 
 /// Reads and parses a config file.
 pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    // No field path: the file itself is the problem, not a field in it.
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
         file: file.to_path_buf(),
-        path: ROOT.to_string(),
+        path: String::new(),
         message: format!("cannot read the config file: {e}"),
     })?;
     parse(&text, file)
@@ -77,7 +78,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     }
     let deserializer = serde_yaml_ng::Deserializer::from_str(text);
     let raw: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = field_path(e.path());
+        let mut path = field_path(e.path());
+        // A syntax error has no field (serde_path_to_error renders it `?`): its place in the
+        // file is its line and column.
+        if path.contains('?') {
+            if let Some(at) = e.inner().location() {
+                path = format!("line {} column {}", at.line(), at.column());
+            }
+        }
         let message = yaml_message(e.inner());
         error(path, message)
     })?;
@@ -666,6 +674,27 @@ struct FileAudit {
     passthrough: Option<bool>,
 }
 
+/// Refuses an audit path below something that exists and is not a directory: opening it would
+/// fail with the operating system's "File exists" or "Not a directory", which names neither.
+fn audit_parent_is_a_directory(path: &Path) -> Result<(), Invalid> {
+    for ancestor in path.ancestors().skip(1) {
+        if let Ok(meta) = std::fs::metadata(ancestor) {
+            if meta.is_dir() {
+                return Ok(());
+            }
+            return invalid(
+                "audit.path",
+                format!(
+                    "{} is a file, not a directory, so {} cannot be created in it; point audit.path into a directory",
+                    ancestor.display(),
+                    path.display()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `server:`.
 #[derive(Deserialize)]
 #[serde(
@@ -894,6 +923,9 @@ impl FileConfig {
                 max_entries: DEFAULT_MAX_ENTRIES,
             },
         };
+        if let Some(path) = self.audit.as_ref().and_then(|a| a.path.as_deref()) {
+            audit_parent_is_a_directory(path)?;
+        }
         let audit = self.audit.map_or(
             AuditConfig {
                 path: None,

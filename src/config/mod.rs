@@ -19,14 +19,24 @@ pub use units::{parse_duration, parse_size};
 
 /// A configuration error: which file, which field, what was expected.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {path}: {message}")]
+#[error("{}: {}{message}", .file.display(), field_prefix(.path))]
 pub struct ConfigError {
     /// The config file.
     pub file: PathBuf,
-    /// Dotted field path, e.g. `routes[2].match.path`; `(root)` for the document itself.
+    /// Dotted field path, e.g. `routes[2].match.path`; `(root)` for the document itself; a line
+    /// and column for a syntax error; empty when the file could not be read.
     pub path: String,
     /// What was wrong and what was expected (with line and column when the parser knows them).
     pub message: String,
+}
+
+/// `path: ` for the message, or nothing when the error is about the file itself.
+fn field_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
 }
 
 /// The validated runtime configuration.
