@@ -36,8 +36,26 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Start a sample legacy API and the gateway on loopback and walk a confirmation.
-    Demo,
+    /// Start a sample legacy API and the gateway on loopback and walk a confirmation; with
+    /// --serve, keep both running for you to try.
+    Demo {
+        /// Keep the sample API and the gateway running until Ctrl-C, and print where they are.
+        #[arg(long)]
+        serve: bool,
+        /// With --serve: the gateway's address.
+        #[arg(long, default_value = "127.0.0.1:8080", requires = "serve")]
+        listen: String,
+        /// With --serve: the metrics listener's address.
+        #[arg(long, default_value = "127.0.0.1:9464", requires = "serve")]
+        metrics: String,
+        /// With --serve: the audit log (appended to, kept after exit).
+        #[arg(
+            long,
+            default_value = "countersign-demo-audit.jsonl",
+            requires = "serve"
+        )]
+        audit: PathBuf,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -239,7 +257,17 @@ fn run(command: Command) -> Result<(), String> {
             print_out(&out);
             Ok(())
         }
-        Command::Demo => demo::run(),
+        Command::Demo { serve: false, .. } => demo::run(),
+        Command::Demo {
+            serve: true,
+            listen,
+            metrics,
+            audit,
+        } => demo::serve(demo::ServeOptions {
+            listen,
+            metrics,
+            audit,
+        }),
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => match audit::verify(&file) {
