@@ -1,4 +1,4 @@
-//! The confirmation decision (CONTRACT §3–§4), with no network and no Pingora: session → proof
+//! The confirmation decision (docs/protocol.md, "The confirmation exchange" and "Checks and reasons"), with no network and no Pingora: session → proof
 //! (structure, typ, alg, jwk, signature, claims, htm, htu, iat) → ath → device binding → nonce →
 //! jti, first failure wins. Single use is enforced by the store's atomic operations.
 

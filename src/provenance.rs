@@ -1,4 +1,4 @@
-//! The provenance token (CONTRACT §5): a compact JWS the gateway signs for every confirmed
+//! The provenance token (docs/protocol.md, "Forwarding and provenance"): a compact JWS the gateway signs for every confirmed
 //! request, so an upstream that can verify learns who confirmed what, with which device, and
 //! which confirmation it continues. The key's type picks the algorithm; its public half is served
 //! as a JWKS.

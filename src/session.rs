@@ -1,4 +1,4 @@
-//! Reading the session the legacy app or IdP already issued (CONTRACT §2): a DPoP-bound or bearer
+//! Reading the session the legacy app or IdP already issued (docs/protocol.md, "Sessions"): a DPoP-bound or bearer
 //! JWT, a cookie, or a header. The gateway never owns sessions; it only identifies them, verifies
 //! what can be verified, and keeps their credentials out of every log.
 

@@ -1,4 +1,4 @@
-//! The YAML file format (CONTRACT §9): serde structs that mirror the file, and the one validation
+//! The YAML file format (docs/protocol.md, "Configuration"; config/example.yaml): serde structs that mirror the file, and the one validation
 //! pass that turns them into the runtime [`Config`]. Scalars that have a syntax of their own
 //! (durations, sizes, addresses, methods, templates...) are parsed while deserializing, so their
 //! errors carry the field path and the line and column; cross-field rules are checked afterwards,
@@ -488,7 +488,7 @@ impl Scalar for RedisUrl {
     }
 }
 
-/// The document (CONTRACT §9).
+/// The document (docs/protocol.md, "Configuration"; config/example.yaml).
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
