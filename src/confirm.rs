@@ -1,6 +1,7 @@
-//! The confirmation decision (docs/protocol.md, "The confirmation exchange" and "Checks and reasons"), with no network and no Pingora: session → proof
-//! (structure, typ, alg, jwk, signature, claims, htm, htu, iat) → ath → device binding → nonce →
-//! jti, first failure wins. Single use is enforced by the store's atomic operations.
+//! The confirmation decision (docs/protocol.md, "The confirmation exchange" and "Checks and
+//! reasons"), with no network and no Pingora: session → proof (structure, typ, alg, jwk, signature,
+//! claims, htm, htu, iat) → ath → device binding → nonce → jti, first failure wins. Single use is
+//! enforced by the store's atomic operations.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -275,6 +275,12 @@ fn run(command: Command) -> Result<(), String> {
                 println!("{}: chain intact, {n} records", file.display());
                 Ok(())
             }
+            // Line 0 is the file itself: it could not be opened, so no chain was read.
+            Err(e) if e.line == 0 => Err(format!(
+                "{}: {}; nothing was verified (is this the audit.path of the config?)",
+                file.display(),
+                e.message
+            )),
             Err(e) => Err(format!("{}: chain broken at {e}", file.display())),
         },
         Command::Audit {

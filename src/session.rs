@@ -1,6 +1,6 @@
-//! Reading the session the legacy app or IdP already issued (docs/protocol.md, "Sessions"): a DPoP-bound or bearer
-//! JWT, a cookie, or a header. The gateway never owns sessions; it only identifies them, verifies
-//! what can be verified, and keeps their credentials out of every log.
+//! Reading the session the legacy app or IdP already issued (docs/protocol.md, "Sessions"): a
+//! DPoP-bound or bearer JWT, a cookie, or a header. The gateway never owns sessions; it only
+//! identifies them, verifies what can be verified, and keeps their credentials out of every log.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -192,3 +192,20 @@ fn an_audit_path_below_a_file_names_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn audit_verify_of_a_missing_file_says_nothing_was_verified() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(dir.path().join("audit.jsonl"))
+        .output()
+        .expect("audit verify");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("chain broken"), "{err}");
+    assert!(
+        err.contains("cannot open") && err.contains("nothing was verified"),
+        "{err}"
+    );
+}

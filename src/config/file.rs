@@ -1,8 +1,9 @@
-//! The YAML file format (docs/protocol.md, "Configuration"; config/example.yaml): serde structs that mirror the file, and the one validation
-//! pass that turns them into the runtime [`Config`]. Scalars that have a syntax of their own
-//! (durations, sizes, addresses, methods, templates...) are parsed while deserializing, so their
-//! errors carry the field path and the line and column; cross-field rules are checked afterwards,
-//! each error naming the field path and what was expected.
+//! The YAML file format (docs/protocol.md, "Configuration"; config/example.yaml): serde structs
+//! that mirror the file, and the one validation pass that turns them into the runtime [`Config`].
+//! Scalars that have a syntax of their own (durations, sizes, addresses, methods, templates...) are
+//! parsed while deserializing, so their errors carry the field path and the line and column;
+//! cross-field rules are checked afterwards, each error naming the field path and what was
+//! expected.
 
 use std::collections::BTreeMap;
 use std::fmt;
