@@ -60,6 +60,21 @@ struct Claims {
     jti: Option<String>,
     exp: Option<i64>,
     cnf: Option<Cnf>,
+    /// Every other claim, for `session.subject_from: { cookie_jwt_claim }`.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Claims {
+    /// The string value of `name`.
+    fn string(&self, name: &str) -> Option<String> {
+        match name {
+            "sub" => self.sub.clone(),
+            "sid" => self.sid.clone(),
+            "jti" => self.jti.clone(),
+            _ => self.other.get(name)?.as_str().map(str::to_owned),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +123,8 @@ struct JwtVerifier {
 pub struct Sessions {
     config: SessionConfig,
     jwt: Option<JwtVerifier>,
+    /// `subject_from: { cookie_jwt_claim }`: the claim, and the verifier of the cookie JWT.
+    cookie_subject: Option<(String, JwtVerifier)>,
 }
 
 /// A session key material problem at start-up.
@@ -123,12 +140,8 @@ pub struct KeyLoadError {
 impl Sessions {
     /// Prepares session reading, loading JWT keys when `kind` is `bearer_jwt`.
     pub fn new(config: &SessionConfig, clock_skew: Duration) -> Result<Sessions, KeyLoadError> {
-        let jwt = match &config.kind {
-            SessionKind::BearerJwt {
-                keys,
-                issuer,
-                audience,
-            } => Some(JwtVerifier {
+        let verifier = |keys, issuer: &Option<String>, audience: &Option<String>| {
+            Ok::<_, KeyLoadError>(JwtVerifier {
                 keys: load_keys(keys)?,
                 issuer: issuer.clone(),
                 audience: audience.clone(),
@@ -137,12 +150,27 @@ impl Sessions {
                     .max_capacity(100_000)
                     .expire_after(UntilExp)
                     .build(),
-            }),
+            })
+        };
+        let jwt = match &config.kind {
+            SessionKind::BearerJwt {
+                keys,
+                issuer,
+                audience,
+            } => Some(verifier(keys, issuer, audience)?),
             _ => None,
+        };
+        let cookie_subject = match &config.subject_from_cookie_jwt {
+            Some(from) => Some((
+                from.claim.clone(),
+                verifier(&from.keys, &from.issuer, &from.audience)?,
+            )),
+            None => None,
         };
         Ok(Sessions {
             config: config.clone(),
             jwt,
+            cookie_subject,
         })
     }
 
@@ -182,7 +210,13 @@ impl Sessions {
             }
             (SessionKind::Cookie { name }, _) => {
                 let value = cookie(headers, name)?;
-                Ok(opaque(value, subject_from_proxy()))
+                let subject = match &self.cookie_subject {
+                    // The operator said the cookie is a JWT: one that does not verify (or has
+                    // expired) is no session, rather than a session of nobody.
+                    Some((claim, verifier)) => verifier.verify(value)?.string(claim),
+                    None => subject_from_proxy(),
+                };
+                Ok(opaque(value, subject))
             }
             (SessionKind::Header { name }, _) => {
                 let mut values = headers.get_all(name.as_str()).iter();

@@ -19,9 +19,9 @@ use serde::Deserialize;
 use serde_path_to_error::Segment;
 
 use super::{
-    AuditConfig, Config, ConfigError, ConfirmationConfig, JwtKeys, LogConfig, MetricsConfig,
-    ProvenanceConfig, PublicOrigin, ServerConfig, SessionConfig, SessionKind, StoreConfig,
-    Upstream, UpstreamScheme,
+    AuditConfig, Config, ConfigError, ConfirmationConfig, CookieJwtSubject, JwtKeys, LogConfig,
+    MetricsConfig, ProvenanceConfig, PublicOrigin, ServerConfig, SessionConfig, SessionKind,
+    StoreConfig, Upstream, UpstreamScheme,
 };
 use crate::alg::ProofAlg;
 use crate::conditions::{Allowed, Conditions};
@@ -615,6 +615,18 @@ struct FileSession {
     binding_ttl: Option<Parsed<Duration>>,
     allow_bearer_scheme: Option<bool>,
     subject_header: Option<Parsed<HeaderText>>,
+    subject_from: Option<FileSubjectFrom>,
+}
+
+/// `session.subject_from`: exactly one of its keys.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { header: x-authenticated-user } or { cookie_jwt_claim: sub }"
+)]
+struct FileSubjectFrom {
+    header: Option<Parsed<HeaderText>>,
+    cookie_jwt_claim: Option<String>,
 }
 
 /// `confirmation:`.
@@ -1041,19 +1053,67 @@ impl FileSession {
             Ok(())
         };
         use FileSessionKind::{BearerJwt, Cookie, Header};
-        only_for("jwks_file", self.jwks_file.is_some(), &[BearerJwt])?;
         only_for(
-            "public_key_pem",
-            self.public_key_pem.is_some(),
-            &[BearerJwt],
+            "subject_from",
+            self.subject_from.is_some(),
+            &[Cookie, Header],
         )?;
+        let (subject_from_header, cookie_jwt_claim) =
+            match self.subject_from {
+                None => (None, None),
+                Some(FileSubjectFrom {
+                    header: Some(_),
+                    cookie_jwt_claim: Some(_),
+                })
+                | Some(FileSubjectFrom {
+                    header: None,
+                    cookie_jwt_claim: None,
+                }) => return invalid(
+                    "session.subject_from",
+                    "takes exactly one of header (set by a trusted auth proxy) or cookie_jwt_claim",
+                ),
+                Some(FileSubjectFrom {
+                    header: Some(Parsed(HeaderText(name))),
+                    ..
+                }) => (Some(name), None),
+                Some(FileSubjectFrom {
+                    cookie_jwt_claim: Some(claim),
+                    ..
+                }) => (
+                    None,
+                    Some(non_empty("session.subject_from.cookie_jwt_claim", claim)?),
+                ),
+            };
+        if cookie_jwt_claim.is_some() && kind != Cookie {
+            return invalid(
+                "session.subject_from.cookie_jwt_claim",
+                format!(
+                    "only used with kind: cookie; this session has kind: {}",
+                    kind.as_str()
+                ),
+            );
+        }
+        if subject_from_header.is_some() && self.subject_header.is_some() {
+            return invalid(
+                "session.subject_from",
+                "subject_header and subject_from both name the subject; keep one",
+            );
+        }
+        // A cookie JWT is verified like a bearer_jwt session token, with the same keys.
+        let jwt_kinds: &[FileSessionKind] = if cookie_jwt_claim.is_some() {
+            &[BearerJwt, Cookie]
+        } else {
+            &[BearerJwt]
+        };
+        only_for("jwks_file", self.jwks_file.is_some(), jwt_kinds)?;
+        only_for("public_key_pem", self.public_key_pem.is_some(), jwt_kinds)?;
         only_for(
             "hs256_secret_env",
             self.hs256_secret_env.is_some(),
-            &[BearerJwt],
+            jwt_kinds,
         )?;
-        only_for("issuer", self.issuer.is_some(), &[BearerJwt])?;
-        only_for("audience", self.audience.is_some(), &[BearerJwt])?;
+        only_for("issuer", self.issuer.is_some(), jwt_kinds)?;
+        only_for("audience", self.audience.is_some(), jwt_kinds)?;
         only_for(
             "allow_bearer_scheme",
             self.allow_bearer_scheme.is_some(),
@@ -1067,51 +1127,40 @@ impl FileSession {
             &[Cookie, Header],
         )?;
 
+        let issuer = self
+            .issuer
+            .map(|v| non_empty("session.issuer", v))
+            .transpose()?;
+        let audience = self
+            .audience
+            .map(|v| non_empty("session.audience", v))
+            .transpose()?;
+        let subject_from_cookie_jwt = match cookie_jwt_claim {
+            Some(claim) => Some(CookieJwtSubject {
+                claim,
+                keys: key_source(
+                    "cookie with subject_from.cookie_jwt_claim",
+                    self.jwks_file.clone(),
+                    self.public_key_pem.clone(),
+                    self.hs256_secret_env.clone(),
+                )?,
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+            }),
+            None => None,
+        };
         let session_kind = match kind {
             BearerJwt => {
-                let mut sources = Vec::new();
-                if let Some(file) = self.jwks_file {
-                    sources.push(("jwks_file", JwtKeys::JwksFile(file)));
-                }
-                if let Some(file) = self.public_key_pem {
-                    sources.push(("public_key_pem", JwtKeys::PublicKeyPem(file)));
-                }
-                if let Some(var) = self.hs256_secret_env {
-                    sources.push(("hs256_secret_env", JwtKeys::Hs256Env(var)));
-                }
-                let keys = match sources.as_slice() {
-                    [] => {
-                        return invalid(
-                            "session",
-                            "kind bearer_jwt needs exactly one key source: jwks_file, \
-                             public_key_pem or hs256_secret_env; none is set",
-                        )
-                    }
-                    [(first, _), (second, _), ..] => {
-                        return invalid(
-                            format!("session.{second}"),
-                            format!(
-                                "kind bearer_jwt takes exactly one key source (jwks_file, \
-                                 public_key_pem or hs256_secret_env), but both {first} and \
-                                 {second} are set"
-                            ),
-                        )
-                    }
-                    [(key, keys)] => {
-                        check_key_source(key, keys)?;
-                        keys.clone()
-                    }
-                };
+                let keys = key_source(
+                    "bearer_jwt",
+                    self.jwks_file.clone(),
+                    self.public_key_pem.clone(),
+                    self.hs256_secret_env.clone(),
+                )?;
                 SessionKind::BearerJwt {
                     keys,
-                    issuer: self
-                        .issuer
-                        .map(|v| non_empty("session.issuer", v))
-                        .transpose()?,
-                    audience: self
-                        .audience
-                        .map(|v| non_empty("session.audience", v))
-                        .transpose()?,
+                    issuer: issuer.clone(),
+                    audience: audience.clone(),
                 }
             }
             Cookie => match self.cookie {
@@ -1141,8 +1190,51 @@ impl FileSession {
             },
             binding_ttl: positive("session.binding_ttl", self.binding_ttl, DEFAULT_BINDING_TTL)?,
             allow_bearer_scheme: self.allow_bearer_scheme.unwrap_or(false),
-            subject_header: self.subject_header.map(|Parsed(HeaderText(name))| name),
+            subject_header: self
+                .subject_header
+                .map(|Parsed(HeaderText(name))| name)
+                .or(subject_from_header),
+            subject_from_cookie_jwt,
         })
+    }
+}
+
+/// The one JWT key source of `session` (for `kind`, named in messages).
+fn key_source(
+    kind: &str,
+    jwks_file: Option<PathBuf>,
+    public_key_pem: Option<PathBuf>,
+    hs256_secret_env: Option<String>,
+) -> Result<JwtKeys, Invalid> {
+    let mut sources = Vec::new();
+    if let Some(file) = jwks_file {
+        sources.push(("jwks_file", JwtKeys::JwksFile(file)));
+    }
+    if let Some(file) = public_key_pem {
+        sources.push(("public_key_pem", JwtKeys::PublicKeyPem(file)));
+    }
+    if let Some(var) = hs256_secret_env {
+        sources.push(("hs256_secret_env", JwtKeys::Hs256Env(var)));
+    }
+    match sources.as_slice() {
+        [] => invalid(
+            "session",
+            format!(
+                "kind {kind} needs exactly one key source: jwks_file, public_key_pem or \
+                 hs256_secret_env; none is set"
+            ),
+        ),
+        [(first, _), (second, _), ..] => invalid(
+            format!("session.{second}"),
+            format!(
+                "kind {kind} takes exactly one key source (jwks_file, public_key_pem or \
+                 hs256_secret_env), but both {first} and {second} are set"
+            ),
+        ),
+        [(key, keys)] => {
+            check_key_source(key, keys)?;
+            Ok(keys.clone())
+        }
     }
 }
 

@@ -132,8 +132,25 @@ pub struct SessionConfig {
     pub binding_ttl: Duration,
     /// Accept `Authorization: Bearer` for tokens without `cnf` (default false).
     pub allow_bearer_scheme: bool,
-    /// Header an upstream auth proxy sets with the subject; trusted only from `trusted_proxies`.
+    /// Header an upstream auth proxy sets with the subject; trusted only from `trusted_proxies`
+    /// (`session.subject_header`, or `session.subject_from: { header }`).
     pub subject_header: Option<String>,
+    /// `session.subject_from: { cookie_jwt_claim }`: the session cookie is a JWT, verified with
+    /// these keys, and this claim names the subject.
+    pub subject_from_cookie_jwt: Option<CookieJwtSubject>,
+}
+
+/// Where a cookie session's subject comes from when the cookie is a JWT.
+#[derive(Debug, Clone)]
+pub struct CookieJwtSubject {
+    /// The claim holding the subject, e.g. `sub` or `email`.
+    pub claim: String,
+    /// Verification keys.
+    pub keys: JwtKeys,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
 }
 
 /// `session.kind` and its parameters.
