@@ -1,6 +1,7 @@
-//! The confirmation decision (CONTRACT §3–§4), with no network and no Pingora: session → proof
-//! (structure, typ, alg, jwk, signature, claims, htm, htu, iat) → ath → device binding → nonce →
-//! jti, first failure wins. Single use is enforced by the store's atomic operations.
+//! The confirmation decision (docs/protocol.md, "The confirmation exchange" and "Checks and
+//! reasons"), with no network and no Pingora: session → proof (structure, typ, alg, jwk, signature,
+//! claims, htm, htu, iat) → ath → device binding → nonce → jti, first failure wins. Single use is
+//! enforced by the store's atomic operations.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -139,6 +140,7 @@ impl Confirmer {
             .map_err(|e| match e {
                 SessionError::Missing => Reason::NoSession,
                 SessionError::Invalid => Reason::InvalidSession,
+                SessionError::BearerNotAllowed => Reason::BearerNotAllowed,
                 // RFC 9449 §7.2: a DPoP-bound token must not be downgraded to Bearer.
                 SessionError::Downgrade if headers.contains_key("dpop") => Reason::MixedSchemes,
                 SessionError::Downgrade => Reason::InvalidSession,

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,26 +20,47 @@ use crate::keys::DeviceKey;
 use crate::server;
 
 const SESSION: &str = "demo-session-7f3a9c";
+/// The cookie the demo's gateway reads the session from.
+const SESSION_COOKIE: &str = "admin_session";
 
-/// Runs the demo; returns an error message when a step did not behave as the contract says.
-pub fn run() -> Result<(), String> {
-    let dir = tempdir()?;
+/// Where `demo --serve` listens and writes.
+pub struct ServeOptions {
+    /// The gateway's listen address.
+    pub listen: String,
+    /// The metrics listener's address.
+    pub metrics: String,
+    /// The audit log, kept after exit.
+    pub audit: PathBuf,
+}
+
+/// The sample API and the gateway, running.
+struct World {
+    runtime: tokio::runtime::Runtime,
+    upstream: SocketAddr,
+    running: server::Running,
+    base: String,
+}
+
+/// Starts the sample API and, in front of it, the gateway on `listen`.
+fn start(
+    listen: &str,
+    metrics: &str,
+    audit_path: &Path,
+    received: Arc<Mutex<Vec<String>>>,
+) -> Result<World, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let received = Arc::new(Mutex::new(Vec::<String>::new()));
-    let upstream = runtime.block_on(sample_api(received.clone()))?;
-    let (gateway_port, metrics_port) = (free_port()?, free_port()?);
-    let audit_path = dir.join("audit.jsonl");
+    let upstream = runtime.block_on(sample_api(received))?;
     let yaml = format!(
         r#"
-listen: "127.0.0.1:{gateway_port}"
-metrics: {{ listen: "127.0.0.1:{metrics_port}" }}
+listen: "{listen}"
+metrics: {{ listen: "{metrics}" }}
 upstreams:
   legacy-admin: {{ address: "{upstream}" }}
-session: {{ kind: cookie, cookie: admin_session }}
+session: {{ kind: cookie, cookie: {SESSION_COOKIE} }}
 audit: {{ path: "{audit}" }}
 server: {{ threads: 1 }}
 routes:
@@ -58,12 +79,69 @@ routes:
     let running = server::assemble(config, server::Runtime::Shared)
         .map_err(|e| e.to_string())?
         .spawn();
-    let base = format!("http://127.0.0.1:{gateway_port}");
-    runtime.block_on(wait_for(gateway_port))?;
+    runtime.block_on(wait_for(listen))?;
+    Ok(World {
+        runtime,
+        upstream,
+        running,
+        base: format!("http://{listen}"),
+    })
+}
 
-    println!("countersign demo: a legacy admin API on {upstream}, the gateway on {base}\n");
-    let result = runtime.block_on(walk(&base, &received));
-    println!("\nAudit log ({}):", audit_path.display());
+/// `demo --serve`: keeps the sample API and the gateway running until Ctrl-C (or SIGTERM),
+/// after printing where they are.
+pub fn serve(options: ServeOptions) -> Result<(), String> {
+    let received = Arc::new(Mutex::new(Vec::<String>::new()));
+    let world = start(&options.listen, &options.metrics, &options.audit, received)?;
+    println!(
+        "countersign demo: the sample legacy admin API on {}\n\
+         gateway      {}  (DELETE /api/users/{{id}} is high risk, everything else passes)\n\
+         session      cookie {SESSION_COOKIE}=<any value>, e.g. {SESSION_COOKIE}={SESSION}\n\
+         metrics      http://{}/metrics\n\
+         audit log    {} (kept after exit)\n\
+         ready; Ctrl-C stops both",
+        world.upstream,
+        world.base,
+        options.metrics,
+        std::path::absolute(&options.audit)
+            .unwrap_or_else(|_| options.audit.clone())
+            .display()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    world.runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        Ok::<(), String>(())
+    })?;
+    world.running.stop();
+    Ok(())
+}
+
+/// Runs the demo; returns an error message when a step did not behave as the contract says.
+pub fn run() -> Result<(), String> {
+    let dir = tempdir()?;
+    let received = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (gateway_port, metrics_port) = (free_port()?, free_port()?);
+    let audit_path = dir.join("audit.jsonl");
+    let world = start(
+        &format!("127.0.0.1:{gateway_port}"),
+        &format!("127.0.0.1:{metrics_port}"),
+        &audit_path,
+        received.clone(),
+    )?;
+    let (runtime, base) = (&world.runtime, &world.base);
+
+    println!(
+        "countersign demo: a legacy admin API on {}, the gateway on {base}\n",
+        world.upstream
+    );
+    let result = runtime.block_on(walk(base, &received));
+    println!("\nAudit log (in a temporary file, removed when the demo exits):");
     let audit = std::fs::read_to_string(&audit_path).unwrap_or_default();
     for line in audit.lines() {
         println!("  {line}");
@@ -85,19 +163,22 @@ routes:
         ))
         .map(|r| r.body)
         .unwrap_or_default();
-    println!("\nMetrics: http://127.0.0.1:{metrics_port}/metrics (while the gateway runs), e.g.:");
+    println!("\nMetrics, scraped before the gateway stops, e.g.:");
     for line in metrics.lines().filter(|l| {
         l.starts_with("countersign_requests_total") || l.starts_with("countersign_rejections_total")
     }) {
         println!("  {line}");
     }
-    running.stop();
+    println!(
+        "\nTo keep the gateway, its metrics and its audit log around and try it yourself:\n  countersign demo --serve"
+    );
+    world.running.stop();
     let _ = std::fs::remove_dir_all(&dir);
     result.and(verified.map(|_| ()))
 }
 
 async fn walk(base: &str, received: &Mutex<Vec<String>>) -> Result<(), String> {
-    let cookie = ("cookie", format!("admin_session={SESSION}"));
+    let cookie = ("cookie", format!("{SESSION_COOKIE}={SESSION}"));
     let url = format!("{base}/api/users/42");
     let seen = || received.lock().map(|r| r.len()).unwrap_or(0);
 
@@ -270,16 +351,14 @@ async fn sample_api(received: Arc<Mutex<Vec<String>>>) -> Result<SocketAddr, Str
     Ok(addr)
 }
 
-async fn wait_for(port: u16) -> Result<(), String> {
+async fn wait_for(listen: &str) -> Result<(), String> {
     for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if TcpStream::connect(listen).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    Err(format!(
-        "the gateway did not start listening on port {port}"
-    ))
+    Err(format!("the gateway did not start listening on {listen}"))
 }
 
 fn free_port() -> Result<u16, String> {

@@ -18,7 +18,7 @@ use crate::reason::Reason;
 /// Members that only a private or symmetric JWK carries (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037 §2).
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
-/// Smallest accepted RSA modulus (CONTRACT §4; RFC 7518 §3.3 requires at least 2048 bits).
+/// Smallest accepted RSA modulus (RFC 7518 §3.3 requires at least 2048 bits).
 const MIN_RSA_BITS: usize = 2048;
 
 /// Largest RSA modulus the verifier supports (aws-lc-rs `RSA_*_2048_8192_*`).
@@ -153,7 +153,7 @@ impl PublicJwk {
         &self.decoding_key
     }
 
-    /// Whether `alg` is the algorithm family of this key type (CONTRACT §4, RFC 7518 §3.1).
+    /// Whether `alg` is the algorithm family of this key type (RFC 7518 §3.1).
     pub fn accepts(&self, alg: ProofAlg) -> bool {
         matches!(
             (alg, self.kind),

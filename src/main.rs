@@ -40,8 +40,26 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Start a sample legacy API and the gateway on loopback and walk a confirmation.
-    Demo,
+    /// Start a sample legacy API and the gateway on loopback and walk a confirmation; with
+    /// --serve, keep both running for you to try.
+    Demo {
+        /// Keep the sample API and the gateway running until Ctrl-C, and print where they are.
+        #[arg(long)]
+        serve: bool,
+        /// With --serve: the gateway's address.
+        #[arg(long, default_value = "127.0.0.1:8080", requires = "serve")]
+        listen: String,
+        /// With --serve: the metrics listener's address.
+        #[arg(long, default_value = "127.0.0.1:9464", requires = "serve")]
+        metrics: String,
+        /// With --serve: the audit log (appended to, kept after exit).
+        #[arg(
+            long,
+            default_value = "countersign-demo-audit.jsonl",
+            requires = "serve"
+        )]
+        audit: PathBuf,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -57,19 +75,27 @@ enum Command {
         /// Where to write the private key.
         #[arg(long, short, default_value = "device-key.pem")]
         out: PathBuf,
-        /// Key algorithm.
+        /// Key algorithm: ES256 or EdDSA (what `confirmation.algs` accepts by default); ES384,
+        /// RS256 and PS256 only where the gateway's `confirmation.algs` lists them.
         #[arg(long, default_value = "ES256")]
         alg: String,
+        /// Overwrite an existing key file (the old key is lost, and so is its session binding).
+        #[arg(long)]
+        force: bool,
     },
+    /// Send one request through the gateway, confirming it with the device key when asked
+    /// (curl-like: -X, -H, --data, -i, -o, -L).
+    Request(countersign::client::RequestArgs),
     /// Sign a DPoP proof for one request, to use with curl.
     Proof {
         /// The device key written by `keygen`.
         #[arg(long)]
         key: PathBuf,
-        /// HTTP method of the request.
+        /// HTTP method of the request, upper case as sent (e.g. DELETE).
         #[arg(long)]
         method: String,
-        /// Full URL of the request.
+        /// Full URL of the request as the client reaches the gateway (e.g.
+        /// http://127.0.0.1:8080/api/users/42).
         #[arg(long)]
         url: String,
         /// The `DPoP-Nonce` the gateway answered with.
@@ -129,6 +155,33 @@ fn describe_allowed(allowed: &countersign::conditions::Allowed) -> String {
     }
 }
 
+/// The session kind, replay store and audit destination, one line each.
+fn describe_setup(config: &config::Config) -> String {
+    use countersign::config::{SessionKind, StoreConfig};
+    let session = match &config.session.kind {
+        SessionKind::BearerJwt { .. } => "bearer_jwt (Authorization: DPoP <jwt>)".to_string(),
+        SessionKind::Cookie { name } => format!("cookie (cookie {name})"),
+        SessionKind::Header { name } => format!("header (header {name})"),
+    };
+    let store = match &config.store {
+        StoreConfig::Memory { max_entries } => {
+            format!("memory (at most {max_entries} entries, this process only)")
+        }
+        StoreConfig::Redis { url, .. } => {
+            // Never print a password: keep the scheme and what follows the userinfo.
+            let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("redis ({scheme}://{rest})")
+        }
+    };
+    let audit = match (&config.audit.path, config.audit.stdout) {
+        (Some(path), true) => format!("{} and stdout", path.display()),
+        (Some(path), false) => path.display().to_string(),
+        (None, _) => "stdout".to_string(),
+    };
+    format!("session {session}\nstore {store}\naudit {audit}")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -170,6 +223,18 @@ fn run(command: Command) -> Result<(), String> {
             countersign::session::Sessions::new(&config.session, config.confirmation.clock_skew)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let mut out = format!("{}: ok\nlisten {}\n", path.display(), config.listen);
+            let _ = writeln!(out, "{}", describe_setup(&config));
+            // `run` refuses a name that does not resolve; here it is only a warning, since the
+            // name may exist only where the gateway will run.
+            for upstream in config.upstreams.values() {
+                use std::net::ToSocketAddrs;
+                if let Err(e) = upstream.address.to_socket_addrs() {
+                    eprintln!(
+                        "warning: upstreams.{}.address {:?} does not resolve here ({e}); `run` will refuse to start where it does not",
+                        upstream.name, upstream.address
+                    );
+                }
+            }
             let _ = writeln!(
                 out,
                 "{:<4} {:<24} {:<22} {:<40} upstream",
@@ -226,7 +291,17 @@ fn run(command: Command) -> Result<(), String> {
             print_out(&out);
             Ok(())
         }
-        Command::Demo => demo::run(),
+        Command::Demo { serve: false, .. } => demo::run(),
+        Command::Demo {
+            serve: true,
+            listen,
+            metrics,
+            audit,
+        } => demo::serve(demo::ServeOptions {
+            listen,
+            metrics,
+            audit,
+        }),
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => match audit::verify(&file) {
@@ -234,6 +309,12 @@ fn run(command: Command) -> Result<(), String> {
                 println!("{}: chain intact, {n} records", file.display());
                 Ok(())
             }
+            // Line 0 is the file itself: it could not be opened, so no chain was read.
+            Err(e) if e.line == 0 => Err(format!(
+                "{}: {}; nothing was verified (is this the audit.path of the config?)",
+                file.display(),
+                e.message
+            )),
             Err(e) => Err(format!("{}: chain broken at {e}", file.display())),
         },
         Command::Audit {
@@ -273,11 +354,24 @@ fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Keygen { out, alg } => {
-            let alg =
-                ProofAlg::from_name(&alg).ok_or_else(|| format!("unknown algorithm {alg}"))?;
+        Command::Keygen { out, alg, force } => {
+            let known = || {
+                ProofAlg::ALL
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let alg = ProofAlg::from_name(&alg)
+                .ok_or_else(|| format!("unknown algorithm {alg:?}; known: {}", known()))?;
+            if !matches!(alg, ProofAlg::Es256 | ProofAlg::EdDsa) {
+                eprintln!(
+                    "note: the gateway accepts {} proofs only if its confirmation.algs lists it (the default is [ES256, EdDSA])",
+                    alg.as_str()
+                );
+            }
             let key = DeviceKey::generate(alg).map_err(|e| e.to_string())?;
-            write_private(&out, key.to_pkcs8_pem().as_bytes())?;
+            write_private(&out, key.to_pkcs8_pem().as_bytes(), force)?;
             println!("{}", key.jkt());
             eprintln!(
                 "wrote {} ({}); its thumbprint (jkt) is printed above",
@@ -286,6 +380,7 @@ fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Request(args) => countersign::client::run(args).map_err(|e| e.to_string()),
         Command::Proof {
             key,
             method,
@@ -293,6 +388,15 @@ fn run(command: Command) -> Result<(), String> {
             nonce,
             token,
         } => {
+            countersign::client::checked_method(&method).map_err(|e| e.to_string())?;
+            let absolute = url.parse::<http::Uri>().ok().filter(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+            });
+            if absolute.is_none() {
+                return Err(format!(
+                    "--url {url:?}: the proof's htu must be the full URL the gateway is reached at, with scheme and host, e.g. http://127.0.0.1:8080/api/users/42"
+                ));
+            }
             let pem =
                 std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
             let key = DeviceKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
@@ -311,15 +415,30 @@ fn print_out(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
-fn write_private(path: &PathBuf, bytes: &[u8]) -> Result<(), String> {
+fn write_private(path: &PathBuf, bytes: &[u8], force: bool) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    if force {
+        // A fresh file, so the 0600 mode applies whatever the old one had.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("{}: {e}", path.display()))
+            }
+            _ => {}
+        }
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "{} already exists; keeping it (pass --force to replace it, or --out another path)",
+                path.display()
+            ),
+            _ => format!("{}: {e}", path.display()),
+        })?;
     f.write_all(bytes)
         .map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -1,7 +1,7 @@
-//! Prometheus metrics (CONTRACT §7). Names are constants here; labels carry only route names,
-//! decisions, reasons and backends, never paths, subjects or ids. Each gateway instance has its
-//! own registry (so two gateways in one process never mix counts); `/metrics` serves it together
-//! with the process-wide default registry.
+//! Prometheus metrics (docs/protocol.md, "Metrics"). Names are constants here; labels carry only
+//! route names, decisions, reasons and backends, never paths, subjects or ids. Each gateway
+//! instance has its own registry (so two gateways in one process never mix counts); `/metrics`
+//! serves it together with the process-wide default registry.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -1,9 +1,10 @@
 //! DPoP proof verification (RFC 9449 §4.3), the structural half of a confirmation: one compact JWS
-//! in one `DPoP` header, `typ` `dpop+jwt`, an allowed asymmetric `alg` that fits the embedded public
-//! `jwk`, a valid signature, the required claims, and `htm`/`htu`/`iat` matching this request.
-//! Checks run in the order of CONTRACT §4 and the first failure is the `Reason`. What needs state
-//! (the session's `ath` and device binding, the nonce, `jti` replay) is the caller's, using the
-//! returned `VerifiedProof`. Pure and synchronous: no I/O, no clock, never panics on input.
+//! in one `DPoP` header, `typ` `dpop+jwt`, an allowed asymmetric `alg` that fits the embedded
+//! public `jwk`, a valid signature, the required claims, and `htm`/`htu`/`iat` matching this
+//! request. Checks run in the order of docs/protocol.md ("Checks and reasons") and the first
+//! failure is the `Reason`. What needs state (the session's `ath` and device binding, the nonce,
+//! `jti` replay) is the caller's, using the returned `VerifiedProof`. Pure and synchronous: no I/O,
+//! no clock, never panics on input.
 
 use std::time::Duration;
 
@@ -127,7 +128,7 @@ pub fn verify(dpop_headers: &[&[u8]], check: &ProofCheck) -> Result<VerifiedProo
         .get("iat")
         .and_then(Value::as_i64)
         .ok_or(Reason::MissingClaim)?;
-    let ath = take_string(&mut claims, "ath").ok_or(Reason::MissingClaim)?;
+    let ath = take_string(&mut claims, "ath").ok_or(Reason::AthMissing)?;
     let nonce = match claims.remove("nonce") {
         None => None,
         Some(Value::String(nonce)) => Some(nonce),

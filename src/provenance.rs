@@ -1,7 +1,7 @@
-//! The provenance token (CONTRACT §5): a compact JWS the gateway signs for every confirmed
-//! request, so an upstream that can verify learns who confirmed what, with which device, and
-//! which confirmation it continues. The key's type picks the algorithm; its public half is served
-//! as a JWKS.
+//! The provenance token (docs/protocol.md, "Forwarding and provenance"): a compact JWS the gateway
+//! signs for every confirmed request, so an upstream that can verify learns who confirmed what,
+//! with which device, and which confirmation it continues. The key's type picks the algorithm; its
+//! public half is served as a JWKS.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -18,6 +18,8 @@ pub enum Reason {
     NoSession,
     /// The session credential is invalid or expired, or a DPoP-bound token came as `Bearer`.
     InvalidSession,
+    /// A token came as `Bearer` while `session.allow_bearer_scheme` is false.
+    BearerNotAllowed,
     /// Body larger than `confirmation.max_body`.
     BodyTooLarge,
     /// More than one `DPoP` header, not a compact JWS, bad base64/JSON, or mixed schemes.
@@ -34,6 +36,8 @@ pub enum Reason {
     BadSignature,
     /// A required claim is missing or of the wrong type; `jti` too long.
     MissingClaim,
+    /// `ath` is missing or not a string: the proof is not bound to the session credential.
+    AthMissing,
     /// `htm` differs from the request method.
     HtmMismatch,
     /// `htu` differs from the external URI.
@@ -79,14 +83,14 @@ impl Reason {
             Reason::BodyTimeout => "body_timeout",
             Reason::Unconfirmed => "unconfirmed",
             Reason::NoSession => "no_session",
-            Reason::InvalidSession => "invalid_session",
+            Reason::InvalidSession | Reason::BearerNotAllowed => "invalid_session",
             Reason::BodyTooLarge | Reason::BodyTooLargeToRoute => "body_too_large",
             Reason::Malformed | Reason::MixedSchemes => "malformed",
             Reason::BadTyp => "bad_typ",
             Reason::BadAlg => "bad_alg",
             Reason::BadJwk => "bad_jwk",
             Reason::BadSignature => "bad_signature",
-            Reason::MissingClaim => "missing_claim",
+            Reason::MissingClaim | Reason::AthMissing => "missing_claim",
             Reason::HtmMismatch => "htm_mismatch",
             Reason::HtuMismatch => "htu_mismatch",
             Reason::StaleProof => "stale_proof",
@@ -109,7 +113,10 @@ impl Reason {
     /// The `error` code of the response (and of `WWW-Authenticate` for 401s).
     pub fn error_code(self) -> &'static str {
         match self {
-            Reason::NoSession | Reason::InvalidSession | Reason::SessionRevoked => "invalid_token",
+            Reason::NoSession
+            | Reason::InvalidSession
+            | Reason::BearerNotAllowed
+            | Reason::SessionRevoked => "invalid_token",
             Reason::StepUpRequired => "insufficient_user_authentication",
             Reason::RiskDenied | Reason::PolicyDenied => "forbidden",
             Reason::InvalidTarget
@@ -154,8 +161,13 @@ impl Reason {
             }
             Reason::BodyTimeout => "the request body did not arrive in time",
             Reason::Unconfirmed => "no confirmation: this request would have been challenged",
-            Reason::NoSession => "no session credential",
+            Reason::NoSession => {
+                "no session credential: send the session cookie, header or Authorization: DPoP token this gateway reads (`countersign check` prints which)"
+            }
             Reason::InvalidSession => "session credential invalid or expired",
+            Reason::BearerNotAllowed => {
+                "the token came with the Bearer scheme and session.allow_bearer_scheme is false: send it as Authorization: DPoP <token>, or set session.allow_bearer_scheme: true"
+            }
             Reason::BodyTooLarge => "request body exceeds the confirmation limit",
             Reason::Malformed => "DPoP proof is not a single compact JWS",
             Reason::MixedSchemes => "a DPoP-bound token must use the DPoP scheme, not Bearer",
@@ -163,7 +175,12 @@ impl Reason {
             Reason::BadAlg => "DPoP proof alg is not accepted",
             Reason::BadJwk => "DPoP proof must embed one public jwk and nothing else",
             Reason::BadSignature => "DPoP proof signature does not verify",
-            Reason::MissingClaim => "DPoP proof lacks a required claim",
+            Reason::MissingClaim => {
+                "DPoP proof lacks a required claim or has one of the wrong type: jti (string, at most 256 bytes), htm, htu (strings), iat (integer seconds), nonce (string)"
+            }
+            Reason::AthMissing => {
+                "`ath` missing: the proof must be bound to the session credential; sign it with the credential (countersign proof/request --token, --cookie or --session-header)"
+            }
             Reason::HtmMismatch => "DPoP proof htm does not match the request method",
             Reason::HtuMismatch => "DPoP proof htu does not match the request URI",
             Reason::StaleProof => "DPoP proof iat is outside the accepted window",
@@ -202,5 +219,8 @@ mod tests {
         assert_eq!(Reason::DeviceMismatch.error_code(), "invalid_dpop_proof");
         assert_eq!(Reason::InvalidSession.error_code(), "invalid_token");
         assert_eq!(Reason::BodyTooLarge.status(), 413);
+        assert_eq!(Reason::AthMissing.as_str(), "missing_claim");
+        assert_eq!(Reason::BearerNotAllowed.as_str(), "invalid_session");
+        assert_eq!(Reason::BearerNotAllowed.error_code(), "invalid_token");
     }
 }

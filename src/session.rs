@@ -1,6 +1,6 @@
-//! Reading the session the legacy app or IdP already issued (CONTRACT §2): a DPoP-bound or bearer
-//! JWT, a cookie, or a header. The gateway never owns sessions; it only identifies them, verifies
-//! what can be verified, and keeps their credentials out of every log.
+//! Reading the session the legacy app or IdP already issued (docs/protocol.md, "Sessions"): a
+//! DPoP-bound or bearer JWT, a cookie, or a header. The gateway never owns sessions; it only
+//! identifies them, verifies what can be verified, and keeps their credentials out of every log.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,6 +52,8 @@ pub enum SessionError {
     Invalid,
     /// A DPoP-bound token sent with the `Bearer` scheme (RFC 9449 §7.2).
     Downgrade,
+    /// A token sent with the `Bearer` scheme while `session.allow_bearer_scheme` is false.
+    BearerNotAllowed,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +63,21 @@ struct Claims {
     jti: Option<String>,
     exp: Option<i64>,
     cnf: Option<Cnf>,
+    /// Every other claim, for `session.subject_from: { cookie_jwt_claim }`.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Claims {
+    /// The string value of `name`.
+    fn string(&self, name: &str) -> Option<String> {
+        match name {
+            "sub" => self.sub.clone(),
+            "sid" => self.sid.clone(),
+            "jti" => self.jti.clone(),
+            _ => self.other.get(name)?.as_str().map(str::to_owned),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +127,8 @@ struct JwtVerifier {
 pub struct Sessions {
     config: SessionConfig,
     jwt: Option<JwtVerifier>,
+    /// `subject_from: { cookie_jwt_claim }`: the claim, and the verifier of the cookie JWT.
+    cookie_subject: Option<(String, JwtVerifier)>,
 }
 
 /// A session key material problem at start-up.
@@ -125,12 +144,8 @@ pub struct KeyLoadError {
 impl Sessions {
     /// Prepares session reading, loading JWT keys when `kind` is `bearer_jwt`.
     pub fn new(config: &SessionConfig, clock_skew: Duration) -> Result<Sessions, KeyLoadError> {
-        let jwt = match &config.kind {
-            SessionKind::BearerJwt {
-                keys,
-                issuer,
-                audience,
-            } => Some(JwtVerifier {
+        let verifier = |keys, issuer: &Option<String>, audience: &Option<String>| {
+            Ok::<_, KeyLoadError>(JwtVerifier {
                 keys: load_keys(keys)?,
                 issuer: issuer.clone(),
                 audience: audience.clone(),
@@ -139,12 +154,27 @@ impl Sessions {
                     .max_capacity(100_000)
                     .expire_after(UntilExp)
                     .build(),
-            }),
+            })
+        };
+        let jwt = match &config.kind {
+            SessionKind::BearerJwt {
+                keys,
+                issuer,
+                audience,
+            } => Some(verifier(keys, issuer, audience)?),
             _ => None,
+        };
+        let cookie_subject = match &config.subject_from_cookie_jwt {
+            Some(from) => Some((
+                from.claim.clone(),
+                verifier(&from.keys, &from.issuer, &from.audience)?,
+            )),
+            None => None,
         };
         Ok(Sessions {
             config: config.clone(),
             jwt,
+            cookie_subject,
         })
     }
 
@@ -167,7 +197,7 @@ impl Sessions {
                     return Err(SessionError::Downgrade);
                 }
                 if scheme_bearer && !self.config.allow_bearer_scheme {
-                    return Err(SessionError::Invalid);
+                    return Err(SessionError::BearerNotAllowed);
                 }
                 let id = claims
                     .sid
@@ -185,7 +215,13 @@ impl Sessions {
             }
             (SessionKind::Cookie { name }, _) => {
                 let value = cookie(headers, name)?;
-                Ok(opaque(value, subject_from_proxy()))
+                let subject = match &self.cookie_subject {
+                    // The operator said the cookie is a JWT: one that does not verify (or has
+                    // expired) is no session, rather than a session of nobody.
+                    Some((claim, verifier)) => verifier.verify(value)?.string(claim),
+                    None => subject_from_proxy(),
+                };
+                Ok(opaque(value, subject))
             }
             (SessionKind::Header { name }, _) => {
                 let mut values = headers.get_all(name.as_str()).iter();

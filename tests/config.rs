@@ -1192,16 +1192,13 @@ fn unreadable_file_is_a_config_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("missing.yaml");
     let err = config::load(&missing).expect_err("missing file");
-    assert_eq!(err.path, "(root)");
+    assert_eq!(err.path, "");
     assert_eq!(err.file, missing);
     assert!(err.message.contains("cannot read"), "{}", err.message);
 
     let not_utf8 = dir.path().join("binary.yaml");
     std::fs::write(&not_utf8, [0xff, 0xfe, 0x00]).expect("write temp file");
-    assert_eq!(
-        config::load(&not_utf8).expect_err("binary file").path,
-        "(root)"
-    );
+    assert_eq!(config::load(&not_utf8).expect_err("binary file").path, "");
 }
 
 // ---- robustness ----------------------------------------------------------------------------------

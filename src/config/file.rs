@@ -1,8 +1,9 @@
-//! The YAML file format (CONTRACT §9): serde structs that mirror the file, and the one validation
-//! pass that turns them into the runtime [`Config`]. Scalars that have a syntax of their own
-//! (durations, sizes, addresses, methods, templates...) are parsed while deserializing, so their
-//! errors carry the field path and the line and column; cross-field rules are checked afterwards,
-//! each error naming the field path and what was expected.
+//! The YAML file format (docs/protocol.md, "Configuration"; config/example.yaml): serde structs
+//! that mirror the file, and the one validation pass that turns them into the runtime [`Config`].
+//! Scalars that have a syntax of their own (durations, sizes, addresses, methods, templates...) are
+//! parsed while deserializing, so their errors carry the field path and the line and column;
+//! cross-field rules are checked afterwards, each error naming the field path and what was
+//! expected.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,9 +19,9 @@ use serde::Deserialize;
 use serde_path_to_error::Segment;
 
 use super::{
-    AuditConfig, Config, ConfigError, ConfirmationConfig, JwtKeys, LogConfig, MetricsConfig,
-    ProvenanceConfig, PublicOrigin, ServerConfig, SessionConfig, SessionKind, StoreConfig,
-    Upstream, UpstreamScheme,
+    AuditConfig, Config, ConfigError, ConfirmationConfig, CookieJwtSubject, JwtKeys, LogConfig,
+    MetricsConfig, ProvenanceConfig, PublicOrigin, ServerConfig, SessionConfig, SessionKind,
+    StoreConfig, Upstream, UpstreamScheme,
 };
 use std::sync::Arc;
 
@@ -56,9 +57,10 @@ const KNOWN_METHODS: [&str; 16] = [
 
 /// Reads and parses a config file.
 pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    // No field path: the file itself is the problem, not a field in it.
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
         file: file.to_path_buf(),
-        path: ROOT.to_string(),
+        path: String::new(),
         message: format!("cannot read the config file: {e}"),
     })?;
     parse(&text, file)
@@ -80,7 +82,14 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     }
     let deserializer = serde_yaml_ng::Deserializer::from_str(text);
     let raw: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = field_path(e.path());
+        let mut path = field_path(e.path());
+        // A syntax error has no field (serde_path_to_error renders it `?`): its place in the
+        // file is its line and column.
+        if path.contains('?') {
+            if let Some(at) = e.inner().location() {
+                path = format!("line {} column {}", at.line(), at.column());
+            }
+        }
         let message = yaml_message(e.inner());
         error(path, message)
     })?;
@@ -483,7 +492,7 @@ impl Scalar for RedisUrl {
     }
 }
 
-/// The document (CONTRACT §9).
+/// The document (docs/protocol.md, "Configuration"; config/example.yaml).
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
@@ -654,6 +663,18 @@ struct FileSession {
     allow_bearer_scheme: Option<bool>,
     subject_header: Option<Parsed<HeaderText>>,
     groups_claim: Option<String>,
+    subject_from: Option<FileSubjectFrom>,
+}
+
+/// `session.subject_from`: exactly one of its keys.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { header: x-authenticated-user } or { cookie_jwt_claim: sub }"
+)]
+struct FileSubjectFrom {
+    header: Option<Parsed<HeaderText>>,
+    cookie_jwt_claim: Option<String>,
 }
 
 /// `confirmation:`.
@@ -713,6 +734,27 @@ struct FileAudit {
     stdout: Option<bool>,
     passthrough: Option<bool>,
     checkpoint_every: Option<u64>,
+}
+
+/// Refuses an audit path below something that exists and is not a directory: opening it would
+/// fail with the operating system's "File exists" or "Not a directory", which names neither.
+fn audit_parent_is_a_directory(path: &Path) -> Result<(), Invalid> {
+    for ancestor in path.ancestors().skip(1) {
+        if let Ok(meta) = std::fs::metadata(ancestor) {
+            if meta.is_dir() {
+                return Ok(());
+            }
+            return invalid(
+                "audit.path",
+                format!(
+                    "{} is a file, not a directory, so {} cannot be created in it; point audit.path into a directory",
+                    ancestor.display(),
+                    path.display()
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `server:`.
@@ -945,6 +987,9 @@ impl FileConfig {
                 max_entries: DEFAULT_MAX_ENTRIES,
             },
         };
+        if let Some(path) = self.audit.as_ref().and_then(|a| a.path.as_deref()) {
+            audit_parent_is_a_directory(path)?;
+        }
         let audit = match self.audit {
             None => AuditConfig {
                 path: None,
@@ -1097,19 +1142,67 @@ impl FileSession {
             Ok(())
         };
         use FileSessionKind::{BearerJwt, Cookie, Header};
-        only_for("jwks_file", self.jwks_file.is_some(), &[BearerJwt])?;
         only_for(
-            "public_key_pem",
-            self.public_key_pem.is_some(),
-            &[BearerJwt],
+            "subject_from",
+            self.subject_from.is_some(),
+            &[Cookie, Header],
         )?;
+        let (subject_from_header, cookie_jwt_claim) =
+            match self.subject_from {
+                None => (None, None),
+                Some(FileSubjectFrom {
+                    header: Some(_),
+                    cookie_jwt_claim: Some(_),
+                })
+                | Some(FileSubjectFrom {
+                    header: None,
+                    cookie_jwt_claim: None,
+                }) => return invalid(
+                    "session.subject_from",
+                    "takes exactly one of header (set by a trusted auth proxy) or cookie_jwt_claim",
+                ),
+                Some(FileSubjectFrom {
+                    header: Some(Parsed(HeaderText(name))),
+                    ..
+                }) => (Some(name), None),
+                Some(FileSubjectFrom {
+                    cookie_jwt_claim: Some(claim),
+                    ..
+                }) => (
+                    None,
+                    Some(non_empty("session.subject_from.cookie_jwt_claim", claim)?),
+                ),
+            };
+        if cookie_jwt_claim.is_some() && kind != Cookie {
+            return invalid(
+                "session.subject_from.cookie_jwt_claim",
+                format!(
+                    "only used with kind: cookie; this session has kind: {}",
+                    kind.as_str()
+                ),
+            );
+        }
+        if subject_from_header.is_some() && self.subject_header.is_some() {
+            return invalid(
+                "session.subject_from",
+                "subject_header and subject_from both name the subject; keep one",
+            );
+        }
+        // A cookie JWT is verified like a bearer_jwt session token, with the same keys.
+        let jwt_kinds: &[FileSessionKind] = if cookie_jwt_claim.is_some() {
+            &[BearerJwt, Cookie]
+        } else {
+            &[BearerJwt]
+        };
+        only_for("jwks_file", self.jwks_file.is_some(), jwt_kinds)?;
+        only_for("public_key_pem", self.public_key_pem.is_some(), jwt_kinds)?;
         only_for(
             "hs256_secret_env",
             self.hs256_secret_env.is_some(),
-            &[BearerJwt],
+            jwt_kinds,
         )?;
-        only_for("issuer", self.issuer.is_some(), &[BearerJwt])?;
-        only_for("audience", self.audience.is_some(), &[BearerJwt])?;
+        only_for("issuer", self.issuer.is_some(), jwt_kinds)?;
+        only_for("audience", self.audience.is_some(), jwt_kinds)?;
         only_for(
             "allow_bearer_scheme",
             self.allow_bearer_scheme.is_some(),
@@ -1124,51 +1217,40 @@ impl FileSession {
             &[Cookie, Header],
         )?;
 
+        let issuer = self
+            .issuer
+            .map(|v| non_empty("session.issuer", v))
+            .transpose()?;
+        let audience = self
+            .audience
+            .map(|v| non_empty("session.audience", v))
+            .transpose()?;
+        let subject_from_cookie_jwt = match cookie_jwt_claim {
+            Some(claim) => Some(CookieJwtSubject {
+                claim,
+                keys: key_source(
+                    "cookie with subject_from.cookie_jwt_claim",
+                    self.jwks_file.clone(),
+                    self.public_key_pem.clone(),
+                    self.hs256_secret_env.clone(),
+                )?,
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+            }),
+            None => None,
+        };
         let session_kind = match kind {
             BearerJwt => {
-                let mut sources = Vec::new();
-                if let Some(file) = self.jwks_file {
-                    sources.push(("jwks_file", JwtKeys::JwksFile(file)));
-                }
-                if let Some(file) = self.public_key_pem {
-                    sources.push(("public_key_pem", JwtKeys::PublicKeyPem(file)));
-                }
-                if let Some(var) = self.hs256_secret_env {
-                    sources.push(("hs256_secret_env", JwtKeys::Hs256Env(var)));
-                }
-                let keys = match sources.as_slice() {
-                    [] => {
-                        return invalid(
-                            "session",
-                            "kind bearer_jwt needs exactly one key source: jwks_file, \
-                             public_key_pem or hs256_secret_env; none is set",
-                        )
-                    }
-                    [(first, _), (second, _), ..] => {
-                        return invalid(
-                            format!("session.{second}"),
-                            format!(
-                                "kind bearer_jwt takes exactly one key source (jwks_file, \
-                                 public_key_pem or hs256_secret_env), but both {first} and \
-                                 {second} are set"
-                            ),
-                        )
-                    }
-                    [(key, keys)] => {
-                        check_key_source(key, keys)?;
-                        keys.clone()
-                    }
-                };
+                let keys = key_source(
+                    "bearer_jwt",
+                    self.jwks_file.clone(),
+                    self.public_key_pem.clone(),
+                    self.hs256_secret_env.clone(),
+                )?;
                 SessionKind::BearerJwt {
                     keys,
-                    issuer: self
-                        .issuer
-                        .map(|v| non_empty("session.issuer", v))
-                        .transpose()?,
-                    audience: self
-                        .audience
-                        .map(|v| non_empty("session.audience", v))
-                        .transpose()?,
+                    issuer: issuer.clone(),
+                    audience: audience.clone(),
                 }
             }
             Cookie => match self.cookie {
@@ -1198,12 +1280,55 @@ impl FileSession {
             },
             binding_ttl: positive("session.binding_ttl", self.binding_ttl, DEFAULT_BINDING_TTL)?,
             allow_bearer_scheme: self.allow_bearer_scheme.unwrap_or(false),
-            subject_header: self.subject_header.map(|Parsed(HeaderText(name))| name),
+            subject_header: self
+                .subject_header
+                .map(|Parsed(HeaderText(name))| name)
+                .or(subject_from_header),
+            subject_from_cookie_jwt,
             groups_claim: match self.groups_claim {
                 Some(claim) => non_empty("session.groups_claim", claim)?,
                 None => "groups".to_string(),
             },
         })
+    }
+}
+
+/// The one JWT key source of `session` (for `kind`, named in messages).
+fn key_source(
+    kind: &str,
+    jwks_file: Option<PathBuf>,
+    public_key_pem: Option<PathBuf>,
+    hs256_secret_env: Option<String>,
+) -> Result<JwtKeys, Invalid> {
+    let mut sources = Vec::new();
+    if let Some(file) = jwks_file {
+        sources.push(("jwks_file", JwtKeys::JwksFile(file)));
+    }
+    if let Some(file) = public_key_pem {
+        sources.push(("public_key_pem", JwtKeys::PublicKeyPem(file)));
+    }
+    if let Some(var) = hs256_secret_env {
+        sources.push(("hs256_secret_env", JwtKeys::Hs256Env(var)));
+    }
+    match sources.as_slice() {
+        [] => invalid(
+            "session",
+            format!(
+                "kind {kind} needs exactly one key source: jwks_file, public_key_pem or \
+                 hs256_secret_env; none is set"
+            ),
+        ),
+        [(first, _), (second, _), ..] => invalid(
+            format!("session.{second}"),
+            format!(
+                "kind {kind} takes exactly one key source (jwks_file, public_key_pem or \
+                 hs256_secret_env), but both {first} and {second} are set"
+            ),
+        ),
+        [(key, keys)] => {
+            check_key_source(key, keys)?;
+            Ok(keys.clone())
+        }
     }
 }
 

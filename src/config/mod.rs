@@ -19,14 +19,24 @@ pub use units::{parse_duration, parse_size};
 
 /// A configuration error: which file, which field, what was expected.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {path}: {message}")]
+#[error("{}: {}{message}", .file.display(), field_prefix(.path))]
 pub struct ConfigError {
     /// The config file.
     pub file: PathBuf,
-    /// Dotted field path, e.g. `routes[2].match.path`; `(root)` for the document itself.
+    /// Dotted field path, e.g. `routes[2].match.path`; `(root)` for the document itself; a line
+    /// and column for a syntax error; empty when the file could not be read.
     pub path: String,
     /// What was wrong and what was expected (with line and column when the parser knows them).
     pub message: String,
+}
+
+/// `path: ` for the message, or nothing when the error is about the file itself.
+fn field_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
 }
 
 /// The validated runtime configuration.
@@ -126,10 +136,27 @@ pub struct SessionConfig {
     pub binding_ttl: Duration,
     /// Accept `Authorization: Bearer` for tokens without `cnf` (default false).
     pub allow_bearer_scheme: bool,
-    /// Header an upstream auth proxy sets with the subject; trusted only from `trusted_proxies`.
+    /// Header an upstream auth proxy sets with the subject; trusted only from `trusted_proxies`
+    /// (`session.subject_header`, or `session.subject_from: { header }`).
     pub subject_header: Option<String>,
     /// The token claim listing the subject's groups (default `groups`).
     pub groups_claim: String,
+    /// `session.subject_from: { cookie_jwt_claim }`: the session cookie is a JWT, verified with
+    /// these keys, and this claim names the subject.
+    pub subject_from_cookie_jwt: Option<CookieJwtSubject>,
+}
+
+/// Where a cookie session's subject comes from when the cookie is a JWT.
+#[derive(Debug, Clone)]
+pub struct CookieJwtSubject {
+    /// The claim holding the subject, e.g. `sub` or `email`.
+    pub claim: String,
+    /// Verification keys.
+    pub keys: JwtKeys,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
 }
 
 /// `session.kind` and its parameters.
