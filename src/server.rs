@@ -163,6 +163,7 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
     );
     let audit = AuditLog::open(config.audit.path.as_deref(), config.audit.stdout)
         .map_err(|e| setting(format!("audit.path: {e}")))?;
+    audit.checkpoint_every(signer.clone(), config.audit.checkpoint_every);
     let summary = Summary {
         listen: config.listen.clone(),
         metrics: config.metrics.as_ref().map(|m| m.listen.clone()),
@@ -310,10 +311,13 @@ impl Assembled {
         ignore_hangup_until_handled();
         let phases = server.watch_execution_phase();
         let in_flight = process.metrics.in_flight.clone();
-        std::thread::spawn(move || exit_when_drained(phases, in_flight));
+        let audit = process.audit.clone();
+        let drained = audit.clone();
+        std::thread::spawn(move || exit_when_drained(phases, in_flight, &drained));
         server.run(RunArgs {
             shutdown_signal: Box::new(OperatorSignals { process }),
         });
+        final_checkpoint(&audit);
         tracing::info!("countersign stopped");
     }
 
@@ -349,7 +353,11 @@ fn ignore_hangup_until_handled() {
 
 /// After a graceful stop began (listeners closed), exits as soon as no request is in flight
 /// instead of waiting out the whole grace period.
-fn exit_when_drained(mut phases: broadcast::Receiver<ExecutionPhase>, in_flight: IntGauge) {
+fn exit_when_drained(
+    mut phases: broadcast::Receiver<ExecutionPhase>,
+    in_flight: IntGauge,
+    audit: &AuditLog,
+) {
     loop {
         match phases.blocking_recv() {
             Ok(ExecutionPhase::ShutdownGracePeriod) => break,
@@ -364,8 +372,16 @@ fn exit_when_drained(mut phases: broadcast::Receiver<ExecutionPhase>, in_flight:
         std::thread::sleep(DRAIN_POLL);
         idle = if in_flight.get() == 0 { idle + 1 } else { 0 };
     }
+    final_checkpoint(audit);
     tracing::info!("no request in flight: exiting");
     std::process::exit(0);
+}
+
+/// The checkpoint a stopping gateway leaves at the end of its audit file and in its log.
+fn final_checkpoint(audit: &AuditLog) {
+    if let Err(e) = audit.checkpoint() {
+        tracing::warn!(error = %e, "no audit checkpoint at shutdown");
+    }
 }
 
 /// How often a draining gateway looks at its in-flight count.
