@@ -18,6 +18,7 @@ pub mod nonce;
 pub mod proof;
 pub mod provenance;
 pub mod reason;
+pub mod reload;
 pub mod reply;
 pub mod routes;
 pub mod server;

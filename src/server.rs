@@ -28,6 +28,7 @@ use crate::forward::Forwarder;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::provenance::Signer;
+use crate::reload::Reloadable;
 use crate::routes::Risk;
 use crate::session::Sessions;
 use crate::store::{MemoryStore, RedisStore, ReplayStore};
@@ -81,8 +82,55 @@ pub struct Assembled {
 /// What the process-owning run (`countersign run`) needs besides the server.
 struct Process {
     source: PathBuf,
+    gateway: Reloadable,
+    parts: Parts,
+}
+
+/// What a gateway is built from besides its config; kept across reloads.
+struct Parts {
+    store: Arc<dyn ReplayStore>,
     audit: AuditLog,
     metrics: Arc<Metrics>,
+    signer: Arc<Signer>,
+    connector: ConnectorOptions,
+}
+
+impl Parts {
+    /// The gateway for `config`: routes, upstreams, sessions, confirmation and policy settings.
+    fn gateway(&self, config: Arc<Config>) -> Result<Gateway, BuildError> {
+        let setting = |e: String| BuildError::Setting(e, config.source.display().to_string());
+        let sessions = Sessions::new(&config.session, config.confirmation.clock_skew)
+            .map_err(|e| setting(e.to_string()))?;
+        let confirmer = Confirmer::new(
+            self.store.clone(),
+            sessions,
+            config.confirmation.clone(),
+            config.session.binding_ttl,
+            self.metrics.clone(),
+        );
+        let gateway = Gateway::new(
+            config.clone(),
+            Forwarder::new(self.connector.clone()),
+            confirmer,
+            self.audit.clone(),
+            self.metrics.clone(),
+            self.signer.clone(),
+        )
+        .map_err(setting)?;
+        for risk in [Risk::Low, Risk::High] {
+            let n = config
+                .routes
+                .routes()
+                .iter()
+                .filter(|r| r.risk == risk)
+                .count();
+            self.metrics
+                .config_routes
+                .with_label_values(&[risk.as_str()])
+                .set(n as i64);
+        }
+        Ok(gateway)
+    }
 }
 
 /// How `countersign run` starts.
@@ -135,18 +183,6 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
     }
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    for risk in [Risk::Low, Risk::High] {
-        let n = config
-            .routes
-            .routes()
-            .iter()
-            .filter(|r| r.risk == risk)
-            .count();
-        metrics
-            .config_routes
-            .with_label_values(&[risk.as_str()])
-            .set(n as i64);
-    }
     let store: Arc<dyn ReplayStore> = match &config.store {
         StoreConfig::Memory { max_entries } => Arc::new(MemoryStore::new(*max_entries)),
         StoreConfig::Redis { url, timeout } => {
@@ -155,8 +191,6 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
     };
     // Export the store's error counter at 0 from the start, so dashboards and alerts see it.
     metrics.store_errors.with_label_values(&[store.backend()]);
-    let sessions = Sessions::new(&config.session, config.confirmation.clock_skew)
-        .map_err(|e| setting(e.to_string()))?;
     let signer = Arc::new(
         Signer::load(config.provenance.signing_key.as_deref())
             .map_err(|e| setting(e.to_string()))?,
@@ -171,14 +205,6 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
         jwks: signer.jwks(),
         ephemeral_key: signer.ephemeral,
     };
-    let confirmer = Confirmer::new(
-        store.clone(),
-        sessions,
-        config.confirmation.clone(),
-        config.session.binding_ttl,
-        metrics.clone(),
-    );
-
     if let Some(path) = &config.upstream_ca_file {
         check_ca_bundle(path).map_err(|e| setting(format!("upstream_ca_file: {e}")))?;
     }
@@ -198,25 +224,24 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
         upgrade: start == Start::Upgrade,
         ..Opt::default()
     });
-    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
-    server.bootstrap();
-    // The confirmed-request connector trusts the same CAs as Pingora's own proxy connector.
-    let forwarder = Forwarder::new(ConnectorOptions::from_server_conf(&server.configuration));
-    let process = Process {
-        source: config.source.clone(),
+    let parts = Parts {
+        store: store.clone(),
         audit: audit.clone(),
         metrics: metrics.clone(),
+        signer: signer.clone(),
+        // The confirmed-request connector trusts the same CAs as Pingora's own proxy connector.
+        connector: ConnectorOptions::from_server_conf(&server_conf),
+    };
+    // Everything is validated before an upgrade takes the listening sockets over.
+    let gateway = Reloadable::new(parts.gateway(config.clone())?);
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+    let process = Process {
+        source: config.source.clone(),
+        gateway: gateway.clone(),
+        parts,
     };
     let audit_handle = audit.clone();
-    let gateway = Gateway::new(
-        config.clone(),
-        forwarder,
-        confirmer,
-        audit,
-        metrics.clone(),
-        signer.clone(),
-    )
-    .map_err(setting)?;
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "countersign");
     proxy.add_tcp(&config.listen);
@@ -310,8 +335,8 @@ impl Assembled {
         // Until the server's own handler is installed, a SIGHUP must not end the process.
         ignore_hangup_until_handled();
         let phases = server.watch_execution_phase();
-        let in_flight = process.metrics.in_flight.clone();
-        let audit = process.audit.clone();
+        let in_flight = process.parts.metrics.in_flight.clone();
+        let audit = process.parts.audit.clone();
         let drained = audit.clone();
         std::thread::spawn(move || exit_when_drained(phases, in_flight, &drained));
         server.run(RunArgs {
@@ -395,15 +420,18 @@ struct OperatorSignals {
 impl OperatorSignals {
     /// SIGHUP: reopen the audit file, re-read and validate the config.
     fn reload(&self) {
-        if let Err(e) = self.process.audit.reopen() {
+        if let Err(e) = self.process.parts.audit.reopen() {
             tracing::warn!(error = %e, "audit file not reopened");
         }
-        let result = match crate::config::load(&self.process.source) {
-            Ok(config) => Sessions::new(&config.session, config.confirmation.clock_skew)
-                .map(drop)
-                .map_err(|e| format!("{}: {e}", config.source.display())),
-            Err(e) => Err(e.to_string()),
-        };
+        let result = crate::config::load(&self.process.source)
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                self.process
+                    .parts
+                    .gateway(Arc::new(config))
+                    .map_err(|e| e.to_string())
+            })
+            .map(|gateway| self.process.gateway.replace(gateway));
         let label = match &result {
             Ok(()) => {
                 tracing::info!(config = %self.process.source.display(), "config reloaded");
@@ -415,6 +443,7 @@ impl OperatorSignals {
             }
         };
         self.process
+            .parts
             .metrics
             .config_reloads
             .with_label_values(&[label])

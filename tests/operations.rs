@@ -574,6 +574,33 @@ async fn sighup_reopens_the_audit_file_and_a_bad_config_keeps_the_old_one_servin
     let old = std::fs::read_to_string(&rotated).expect("rotated file");
     assert!(old.contains("/before") && !old.contains("/after"), "{old}");
 
+    // A route made high-impact takes effect for new requests.
+    let delete = || async move {
+        send(
+            &format!("http://127.0.0.1:{port}/api/users/1"),
+            "DELETE",
+            &[("x-s", "s1")],
+            Bytes::new(),
+        )
+        .await
+        .status
+    };
+    assert_eq!(delete().await, 200, "passthrough before the reload");
+    config_with_high(
+        dir.path(),
+        port,
+        metrics,
+        &upstream.addr.to_string(),
+        &extra,
+    );
+    gateway.signal("HUP");
+    eventually(
+        metrics,
+        r#"countersign_config_reloads_total{result="ok"} 2"#,
+    )
+    .await;
+    assert_eq!(delete().await, 401, "challenged after the reload");
+
     // A config that does not validate: counted, logged, and the old one keeps serving.
     std::fs::write(&path, "listen: [not, an, address]\n").expect("break config");
     gateway.signal("HUP");
@@ -583,6 +610,7 @@ async fn sighup_reopens_the_audit_file_and_a_bad_config_keeps_the_old_one_servin
     )
     .await;
     assert_eq!(get("/still").await, 200);
+    assert_eq!(delete().await, 401, "the last good config still serves");
     gateway.signal("TERM");
     let (status, log) = gateway.exit_within(Duration::from_secs(5)).await;
     assert!(status.success(), "{status}: {log}");
