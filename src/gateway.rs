@@ -44,6 +44,8 @@ struct Target {
     peer: HttpPeer,
     /// The upstream's own origin (its configured address).
     origin: String,
+    /// Whether its connections are reused.
+    keepalive: bool,
 }
 
 /// The gateway.
@@ -70,6 +72,8 @@ pub struct RequestCtx {
     /// Status of the upstream's answer on the streamed path.
     upstream_status: Option<u16>,
     _in_flight: crate::metrics::InFlight,
+    /// The upstream socket of the streamed path, for quick ACKs while its response arrives.
+    upstream_fd: Option<std::os::unix::io::RawFd>,
 }
 
 /// What a high-impact request has established by the time it is forwarded.
@@ -115,7 +119,15 @@ impl Gateway {
                 peer.options.idle_timeout = Some(Duration::from_secs(60));
                 let scheme = if u.tls { "https" } else { "http" };
                 let origin = format!("{scheme}://{}", u.address.to_ascii_lowercase());
-                Ok((u.name.clone(), Target { peer, origin }))
+                let keepalive = u.keepalive;
+                Ok((
+                    u.name.clone(),
+                    Target {
+                        peer,
+                        origin,
+                        keepalive,
+                    },
+                ))
             })
             .collect::<Result<_, String>>()?;
         let algs = confirmer
@@ -429,8 +441,11 @@ impl Gateway {
             body_hex: &body_hex,
             body_sha256: &body_sha256,
         };
-        let upstream_req = self.confirmed_request(&confirmed, ctx)?;
+        let mut upstream_req = self.confirmed_request(&confirmed, ctx)?;
         let upstream = self.target(&route)?;
+        if !upstream.keepalive {
+            upstream_req.insert_header(http::header::CONNECTION, "close")?;
+        }
         let started = Instant::now();
         let sent = self
             .forwarder
@@ -694,6 +709,7 @@ impl ProxyHttp for Gateway {
             span: tracing::Span::none(),
             upstream_status: None,
             _in_flight: self.metrics.enter(),
+            upstream_fd: None,
         }
     }
 
@@ -769,7 +785,50 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         forwarding::strip_request(upstream, Framing::Streamed);
         forwarding::set_forwarded(upstream, ctx.peer, Self::view(ctx));
+        if let Some(route) = &ctx.route {
+            if !self.target(route)?.keepalive {
+                upstream.insert_header(http::header::CONNECTION, "close")?;
+            }
+        }
         self.rewrite_authorization(upstream)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.upstream_fd = Some(fd);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _head: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(fd) = ctx.upstream_fd {
+            crate::forward::quick_ack(fd);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        if let (Some(fd), false) = (ctx.upstream_fd, end_of_stream) {
+            crate::forward::quick_ack(fd);
+        }
+        Ok(None)
     }
 
     async fn response_filter(

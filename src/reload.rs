@@ -3,8 +3,10 @@
 //! sees a mix of the old and the new configuration.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -76,6 +78,42 @@ impl ProxyHttp for Reloadable {
         ctx.gateway
             .upstream_request_filter(session, upstream, &mut ctx.inner)
             .await
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        session: &mut Session,
+        reused: bool,
+        peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        ctx.gateway
+            .connected_to_upstream(session, reused, peer, fd, digest, &mut ctx.inner)
+            .await
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        head: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        ctx.gateway
+            .upstream_response_filter(session, head, &mut ctx.inner)
+            .await
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Option<Duration>> {
+        ctx.gateway
+            .upstream_response_body_filter(session, body, end_of_stream, &mut ctx.inner)
     }
 
     async fn response_filter(

@@ -766,3 +766,107 @@ async fn a_reload_and_an_upgrade_under_load_fail_no_request() {
     let (status, err) = new.exit_within(Duration::from_secs(5)).await;
     assert!(status.success(), "{status}: {err}");
 }
+
+/// An upstream like Python's http.server: keep-alive, the head and the body in two small
+/// writes, Nagle left on. Counts the connections it accepted.
+async fn split_write_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            stream.set_nodelay(false).expect("nagle on");
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+                    let close = String::from_utf8_lossy(&buf[..end])
+                        .to_ascii_lowercase()
+                        .contains("connection: close");
+                    buf.drain(..end);
+                    let body = b"{\"ok\":true}\n";
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream.write_all(head.as_bytes()).await.is_err()
+                        || stream.write_all(body).await.is_err()
+                    {
+                        return;
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn median_latency(base: &str, n: usize) -> Duration {
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        let r = send(&format!("{base}/legacy/{i}"), "GET", &[], Bytes::new()).await;
+        assert_eq!(r.status, 200);
+        took.push(started.elapsed());
+    }
+    took.sort();
+    took[n / 2]
+}
+
+const LEGACY: &str = r#"
+upstreams: { legacy: { address: "{upstream}" } }
+session: { kind: header, header: x-s }
+routes:
+  - name: all
+    match: { path: "/{*rest}" }
+    upstream: legacy
+    risk: low
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_write_upstream_adds_no_delayed_ack_stall_on_reused_connections() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted) = split_write_upstream().await;
+    let gw = support::Gateway::start_at(LEGACY, addr).await;
+    let median = median_latency(&gw.base, 30).await;
+    // A delayed ACK costs 40 ms per request; a reused connection without it answers in well
+    // under 10 ms even on a loaded debug build.
+    assert!(median < Duration::from_millis(15), "median {median:?}");
+    assert!(
+        accepted.load(Ordering::Relaxed) < 5,
+        "upstream connections were reused ({} opened)",
+        accepted.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_false_opens_a_connection_per_request() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted) = split_write_upstream().await;
+    let config = LEGACY.replace(
+        r#"{ address: "{upstream}" }"#,
+        r#"{ address: "{upstream}", keepalive: false }"#,
+    );
+    let gw = support::Gateway::start_at(&config, addr).await;
+    median_latency(&gw.base, 10).await;
+    assert_eq!(accepted.load(Ordering::Relaxed), 10);
+}

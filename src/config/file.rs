@@ -551,6 +551,7 @@ struct FileUpstream {
     sni: Option<String>,
     connect_timeout: Option<Parsed<Duration>>,
     read_timeout: Option<Parsed<Duration>>,
+    keepalive: Option<bool>,
 }
 
 /// `session.kind`.
@@ -914,6 +915,7 @@ impl FileUpstream {
                 self.read_timeout,
                 DEFAULT_READ_TIMEOUT,
             )?,
+            keepalive: self.keepalive.unwrap_or(true),
         })
     }
 }

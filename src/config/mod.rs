@@ -109,6 +109,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Read timeout between bytes of the response (default 30 s).
     pub read_timeout: Duration,
+    /// Reuse connections to it (default true); `false` sends `Connection: close` on every request.
+    pub keepalive: bool,
 }
 
 /// `session:`.

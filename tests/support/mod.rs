@@ -212,12 +212,15 @@ impl Gateway {
             .expect("gateway assembles")
             .spawn();
         let started = std::time::Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the gateway did not start listening on port {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // Both listeners bind on their own threads, in no fixed order.
+        for p in [port, metrics_port] {
+            while TcpStream::connect(("127.0.0.1", p)).await.is_err() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "the gateway did not start listening on port {p}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         Gateway {
             base: format!("http://127.0.0.1:{port}"),
