@@ -166,7 +166,33 @@ pub fn assemble_process(config: Config, start: Start) -> Result<Assembled, Build
     let file = config.source.display().to_string();
     private_dir(&config.server.upgrade_sock)
         .map_err(|e| BuildError::Setting(format!("server.upgrade_sock: {e}"), file))?;
+    raise_open_files_limit();
     build(config, Runtime::PerThread, Some(start))
+}
+
+/// Raises the soft limit on open files to the hard limit: each connection costs a descriptor on
+/// each side, and the usual soft default (1024, systemd's too) would refuse clients under load.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+            && (limit.rlim_cur >= limit.rlim_max || {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+            })
+    };
+    if raised {
+        tracing::debug!(open_files = limit.rlim_cur, "open files limit");
+    } else {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            "open files limit could not be raised to the hard limit"
+        );
+    }
 }
 
 fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assembled, BuildError> {

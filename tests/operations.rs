@@ -870,3 +870,39 @@ async fn keepalive_false_opens_a_connection_per_request() {
     median_latency(&gw.base, 10).await;
     assert_eq!(accepted.load(Ordering::Relaxed), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let path = config(
+        dir.path(),
+        port,
+        free_port(),
+        &upstream.addr.to_string(),
+        "server: { threads: 1, grace_period: 1s, shutdown_timeout: 1s }",
+    );
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 256 && exec {BIN} run --config {}",
+            path.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gateway");
+    let gateway = Gateway { child };
+    wait_listening(port).await;
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", gateway.child.id())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files  SOFT  HARD  files"
+    assert_eq!(fields[3], fields[4], "{line}");
+    assert_ne!(fields[3], "256", "{line}");
+}
