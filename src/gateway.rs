@@ -723,6 +723,8 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         ctx.peer = Peer::new(ip, &self.config.trusted_proxies);
+        // Pingora keeps an idle HTTP/1.1 connection open forever unless told otherwise.
+        session.set_keepalive(Some(self.config.server.keepalive_timeout.as_secs()));
         let req = session.req_header();
         ctx.view = Some(ClientView::of(&req.headers, &req.uri, ctx.peer));
         let route = self

@@ -906,3 +906,44 @@ async fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
     assert_eq!(fields[3], fields[4], "{line}");
     assert_ne!(fields[3], "256", "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_keepalive_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let path = config(
+        dir.path(),
+        port,
+        free_port(),
+        &upstream.addr.to_string(),
+        "server: { threads: 1, keepalive_timeout: 1s, grace_period: 1s, shutdown_timeout: 1s }",
+    );
+    let _gateway = Gateway::start(&path, port).await;
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    c.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.expect("response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(3),
+        "closed after {idle:?}"
+    );
+}

@@ -672,6 +672,7 @@ struct FileServer {
     grace_period: Option<Parsed<Duration>>,
     shutdown_timeout: Option<Parsed<Duration>>,
     upgrade_sock: Option<PathBuf>,
+    keepalive_timeout: Option<Parsed<Duration>>,
 }
 
 /// `log.format`.
@@ -842,6 +843,7 @@ impl FileConfig {
                 grace_period: DEFAULT_GRACE_PERIOD,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 upgrade_sock: super::default_upgrade_sock(),
+                keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             },
         };
         let log = match self.log.and_then(|l| l.format) {
@@ -887,6 +889,7 @@ const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long SIGTERM lets in-flight requests finish before the runtimes stop.
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn default_threads() -> usize {
@@ -1177,6 +1180,13 @@ impl FileServer {
                 }
                 Some(p) => p,
                 None => super::default_upgrade_sock(),
+            },
+            keepalive_timeout: match self.keepalive_timeout {
+                Some(Parsed(d)) if d < Duration::from_secs(1) => {
+                    return invalid("server.keepalive_timeout", "must be at least 1s")
+                }
+                Some(Parsed(d)) => d,
+                None => DEFAULT_KEEPALIVE_TIMEOUT,
             },
         })
     }

@@ -237,6 +237,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Where `run --upgrade` receives the listening sockets; its directory is private (0700).
     pub upgrade_sock: PathBuf,
+    /// How long an idle client connection is kept open for its next request (default 60 s).
+    pub keepalive_timeout: Duration,
 }
 
 /// The default upgrade socket: in the user's runtime directory, `/run/countersign` for root,
