@@ -124,6 +124,7 @@ impl Forwarder {
                 .await
                 .map_err(ForwardError::Relay)?
             {
+                ack_now(&upstream);
                 downstream
                     .write_response_body(Some(chunk), false)
                     .await
@@ -159,6 +160,7 @@ async fn exchange(
     upstream.finish_request_body().await?;
     loop {
         upstream.read_response_header().await?;
+        ack_now(upstream);
         let informational = upstream
             .response_header()
             .is_some_and(|h| h.status.is_informational() && h.status.as_u16() != 101);
@@ -173,6 +175,13 @@ pub fn status_for(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
         _ => 502,
+    }
+}
+
+/// [`quick_ack`] on the socket of a forwarded request.
+fn ack_now(upstream: &HttpSession) {
+    if let Some(stream) = upstream.stream() {
+        quick_ack(stream.id());
     }
 }
 

@@ -947,3 +947,39 @@ async fn an_idle_keep_alive_connection_is_closed_after_keepalive_timeout() {
         "closed after {idle:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_requests_to_a_split_write_upstream_add_no_delayed_ack_stall() {
+    let (addr, _accepted) = split_write_upstream().await;
+    let config = r#"
+upstreams: { legacy: { address: "{upstream}" } }
+session: { kind: header, header: x-s }
+routes:
+  - name: delete-user
+    match: { methods: [DELETE], path: "/api/users/{id}" }
+    upstream: legacy
+    risk: high
+"#;
+    let gw = support::Gateway::start_at(config, addr).await;
+    let key =
+        countersign::keys::DeviceKey::generate(countersign::alg::ProofAlg::Es256).expect("key");
+    let url = format!("{}/api/users/7", gw.base);
+    let mut took = Vec::new();
+    for _ in 0..15 {
+        let challenge = send(&url, "DELETE", &[("x-s", "s1")], Bytes::new()).await;
+        let nonce = challenge.header("dpop-nonce").expect("nonce").to_string();
+        let proof = key.proof("DELETE", &url, Some(&nonce), Some("s1"));
+        let started = Instant::now();
+        let r = send(
+            &url,
+            "DELETE",
+            &[("x-s", "s1"), ("dpop", &proof)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        took.push(started.elapsed());
+    }
+    took.sort();
+    assert!(took[7] < Duration::from_millis(20), "median {:?}", took[7]);
+}
