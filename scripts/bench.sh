@@ -3,6 +3,11 @@
 #
 #   scripts/bench.sh              passthrough comparison + criterion + load harness
 #   scripts/bench.sh passthrough  only the wrk comparison (direct / nginx / countersign)
+#   scripts/bench.sh legacy       wrk -c1 in front of a split-write, Nagle-on keep-alive upstream
+#                                 (Python http.server style): direct / nginx default / nginx with
+#                                 upstream keep-alive / countersign
+#
+# BIN (default target/release/countersign, built here) runs another binary instead.
 #
 # Knobs (environment): ROUNDS (default 3), DURATION (wrk seconds, default 5), CONNS (default 32),
 # WORKERS (space-separated worker counts, default "1 2"), OUT (a file the tables are written to;
@@ -17,6 +22,7 @@ DURATION=${DURATION:-5}
 CONNS=${CONNS:-32}
 WORKERS=${WORKERS:-"1 2"}
 MODE=${1:-all}
+BIN=${BIN:-}
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -101,7 +107,7 @@ routes:
   - { name: delete-user, match: { methods: [DELETE], path: "/api/users/{id}" }, upstream: app, risk: high }
   - { name: default, match: { path: "/{*rest}" }, upstream: app, risk: low }
 EOF
-    RUST_LOG=warn target/release/countersign run --config "$WORK/countersign-$w.yaml" 2>"$WORK/countersign-$w.log" &
+    RUST_LOG=warn "$BIN" run --config "$WORK/countersign-$w.yaml" 2>"$WORK/countersign-$w.log" &
     PIDS+=($!)
     wait_port "$up"
     wait_port "$px"
@@ -145,8 +151,86 @@ machine() {
     echo "- wrk -t1 -c$CONNS -d${DURATION}s --latency, $ROUNDS alternating rounds (direct, nginx, countersign), median shown"
 }
 
+legacy() {
+    local up=$(free_port) plain=$(free_port) pooled=$(free_port) cs=$(free_port)
+    # Head and body in two writes, TCP_NODELAY off, HTTP/1.1 keep-alive: http.server/wsgiref.
+    cat >"$WORK/splitwrite.py" <<'PY'
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b'{"ok":true}\n'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+    python3 "$WORK/splitwrite.py" "$up" &
+    PIDS+=($!)
+    start_nginx legacy-plain 1 "server { listen 127.0.0.1:$plain; location / { proxy_pass http://127.0.0.1:$up; } }"
+    start_nginx legacy-pooled 1 "upstream up { server 127.0.0.1:$up; keepalive 16; }
+    server { listen 127.0.0.1:$pooled; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+    cat >"$WORK/countersign-legacy.yaml" <<EOF
+listen: "127.0.0.1:$cs"
+server: { threads: 1 }
+upstreams:
+  app: { address: "127.0.0.1:$up" }
+session: { kind: cookie, cookie: sid }
+audit: { stdout: false, path: "$WORK/audit-legacy.jsonl" }
+routes:
+  - { name: default, match: { path: "/{*rest}" }, upstream: app, risk: low }
+EOF
+    RUST_LOG=warn "$BIN" run --config "$WORK/countersign-legacy.yaml" 2>"$WORK/countersign-legacy.log" &
+    PIDS+=($!)
+    for port in $up $plain $pooled $cs; do wait_port "$port"; done
+    local r
+    for r in $(seq "$ROUNDS"); do
+        for target in direct:$up nginx-default:$plain nginx-keepalive:$pooled countersign:$cs; do
+            echo "legacy ${target%%:*} $(CONNS=1 run_wrk "http://127.0.0.1:${target#*:}/")" |
+                tee -a "$WORK/legacy.raw" >&2
+        done
+    done
+}
+
+legacy_table() {
+    echo "| target (wrk -t1 -c1) | req/s (median) | p50 ms | p99 ms |"
+    echo "|---|---|---|---|"
+    python3 - "$WORK/legacy.raw" <<'PY'
+import sys, statistics, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    _, name, rps, p50, p99 = line.split()
+    rows[name].append((int(rps), float(p50), float(p99)))
+for name in ("direct", "nginx-default", "nginx-keepalive", "countersign"):
+    rs = rows[name]
+    print(f"| {name} | {statistics.median(r[0] for r in rs):.0f} "
+          f"| {statistics.median(r[1] for r in rs):.3f} | {statistics.median(r[2] for r in rs):.3f} |")
+PY
+}
+
 need
-cargo build --release --quiet
+if [ -z "$BIN" ]; then
+    cargo build --release --quiet
+    BIN=target/release/countersign
+fi
+if [ "$MODE" = legacy ]; then
+    {
+        echo "## Machine"
+        echo
+        CONNS=1 machine
+        echo
+        echo "## Legacy upstream (split writes, Nagle on, keep-alive)"
+        echo
+    } >"$WORK/report.md"
+    legacy
+    legacy_table >>"$WORK/report.md"
+    cat "$WORK/report.md"
+    if [ -n "${OUT:-}" ]; then cp "$WORK/report.md" "$OUT"; fi
+    exit 0
+fi
 {
     echo "## Machine"
     echo

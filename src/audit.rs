@@ -12,6 +12,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::provenance::Signer;
+
 /// `prev` of the first line of a new log.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -31,6 +33,8 @@ pub enum Event {
     Passthrough,
     /// Observe mode: a high-impact request forwarded without a confirmation.
     Observed,
+    /// A signed statement of the chain head and record count so far.
+    Checkpoint,
 }
 
 /// One audit record; `ts` and `prev` are added when it is written.
@@ -75,6 +79,28 @@ pub struct Record {
     /// The Cedar policies that determined the decision, when a policy is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policies: Option<Vec<String>>,
+    /// On `checkpoint`: a JWS over the chain head and record count (see [`CheckpointClaims`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+}
+
+/// The `typ` of a checkpoint JWS.
+pub const CHECKPOINT_TYP: &str = "countersign-audit-checkpoint+jwt";
+
+/// What a checkpoint signs: the file's first `count` lines end with the line hashing to `head`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointClaims {
+    /// Hex SHA-256 of the line before the checkpoint.
+    pub head: String,
+    /// Lines of the file before the checkpoint.
+    pub count: u64,
+    /// Seconds since the epoch.
+    pub iat: u64,
+}
+
+struct Checkpoints {
+    signer: Arc<Signer>,
+    every: u64,
 }
 
 #[derive(Serialize)]
@@ -89,6 +115,11 @@ struct Sink {
     file: Option<File>,
     stdout: bool,
     prev: String,
+    /// Lines in the current file (or written to stdout).
+    lines: u64,
+    /// Records since the last checkpoint.
+    since_checkpoint: u64,
+    checkpoints: Option<Checkpoints>,
 }
 
 /// Why an audit file cannot be opened.
@@ -128,7 +159,7 @@ struct Shared {
 impl AuditLog {
     /// Opens (appending to) `path`, continuing its chain, or writes to stdout when `None`.
     pub fn open(path: Option<&Path>, also_stdout: bool) -> Result<AuditLog, OpenError> {
-        let (file, prev) = match path {
+        let (file, prev, lines) = match path {
             Some(p) => {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     create_dir(dir)?;
@@ -144,9 +175,10 @@ impl AuditLog {
                     .open(p)
                     .map_err(file_error)?;
                 let prev = last_line_hash(&mut f).map_err(file_error)?;
-                (Some(f), prev)
+                let lines = count_lines(&mut f).map_err(file_error)?;
+                (Some(f), prev, lines)
             }
-            None => (None, GENESIS.to_string()),
+            None => (None, GENESIS.to_string(), 0),
         };
         Ok(AuditLog {
             shared: Arc::new(Shared {
@@ -154,6 +186,9 @@ impl AuditLog {
                     stdout: also_stdout || file.is_none(),
                     file,
                     prev,
+                    lines,
+                    since_checkpoint: 0,
+                    checkpoints: None,
                 }),
                 path: path.map(Path::to_path_buf),
                 failing: AtomicBool::new(false),
@@ -199,11 +234,58 @@ impl AuditLog {
             .open(p)
             .map_err(file_error)?;
         let last = last_line_hash(&mut f).map_err(file_error)?;
+        let lines = count_lines(&mut f).map_err(file_error)?;
         let mut sink = self.shared.sink.lock().unwrap_or_else(|e| e.into_inner());
+        // The file being left (already moved away by logrotate) ends with a checkpoint.
+        if let Err(e) = Self::write_checkpoint(&mut sink) {
+            tracing::warn!(error = %e, "no audit checkpoint before reopening");
+        }
         if last != GENESIS {
             sink.prev = last;
         }
         sink.file = Some(f);
+        sink.lines = lines;
+        Ok(())
+    }
+
+    /// Signs a checkpoint with `signer` after every `every` records.
+    pub fn checkpoint_every(&self, signer: Arc<Signer>, every: u64) {
+        let mut sink = self.shared.sink.lock().unwrap_or_else(|e| e.into_inner());
+        sink.checkpoints = Some(Checkpoints { signer, every });
+    }
+
+    /// Writes a checkpoint now (at shutdown) when records were written since the last one.
+    pub fn checkpoint(&self) -> io::Result<()> {
+        let mut sink = self.shared.sink.lock().unwrap_or_else(|e| e.into_inner());
+        Self::write_checkpoint(&mut sink)
+    }
+
+    fn write_checkpoint(sink: &mut Sink) -> io::Result<()> {
+        let Some(checkpoints) = &sink.checkpoints else {
+            return Ok(());
+        };
+        if sink.since_checkpoint == 0 {
+            return Ok(());
+        }
+        let claims = CheckpointClaims {
+            head: sink.prev.clone(),
+            count: sink.lines,
+            iat: SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let jws = checkpoints
+            .signer
+            .sign_typed(CHECKPOINT_TYP, &serde_json::to_vec(&claims)?);
+        let record = Record {
+            event: Some(Event::Checkpoint),
+            checkpoint: Some(jws.clone()),
+            ..Record::default()
+        };
+        Self::write_line(sink, &record)?;
+        sink.since_checkpoint = 0;
+        // Also to the log stream, so the head leaves the machine even if the file does not.
+        tracing::info!(head = %claims.head, count = claims.count, checkpoint = %jws, "audit checkpoint");
         Ok(())
     }
 
@@ -218,6 +300,22 @@ impl AuditLog {
 
     fn write(&self, record: &Record) -> io::Result<()> {
         let mut sink = self.shared.sink.lock().unwrap_or_else(|e| e.into_inner());
+        Self::write_line(&mut sink, record)?;
+        sink.since_checkpoint += 1;
+        let due = sink
+            .checkpoints
+            .as_ref()
+            .is_some_and(|c| sink.since_checkpoint >= c.every);
+        if due {
+            // The record is written: a failed checkpoint is reported, not the record's failure.
+            if let Err(e) = Self::write_checkpoint(&mut sink) {
+                tracing::warn!(error = %e, "audit checkpoint not written");
+            }
+        }
+        Ok(())
+    }
+
+    fn write_line(sink: &mut Sink, record: &Record) -> io::Result<()> {
         let line = serde_json::to_string(&Line {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             record,
@@ -235,6 +333,7 @@ impl AuditLog {
             out.flush()?;
         }
         sink.prev = hex_sha256(line.as_bytes());
+        sink.lines += 1;
         Ok(())
     }
 }
@@ -284,6 +383,24 @@ fn last_line_hash(f: &mut File) -> io::Result<String> {
     Ok(hex_sha256(&trimmed[start..]))
 }
 
+/// Newline-terminated lines in `f`.
+fn count_lines(f: &mut File) -> io::Result<u64> {
+    let len = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    // Bounded by the length seen, like `last_line_hash`.
+    let mut reader = BufReader::new((&mut *f).take(len));
+    let mut lines = 0;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(lines);
+        }
+        lines += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        let n = buf.len();
+        reader.consume(n);
+    }
+}
+
 /// Where the chain of an audit file breaks.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {message}")]
@@ -294,38 +411,161 @@ pub struct ChainBreak {
     pub message: String,
 }
 
-/// Checks the hash chain of an audit file; returns the number of lines.
-pub fn verify(path: &Path) -> Result<usize, ChainBreak> {
-    let file = File::open(path).map_err(|e| ChainBreak {
-        line: 0,
-        message: format!("cannot open {}: {e}", path.display()),
-    })?;
-    let mut prev: Option<String> = None;
+/// Why `audit verify` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The file cannot be opened or read: nothing is known about its chain.
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A line does not continue the chain.
+    #[error("chain broken at {0}")]
+    Broken(ChainBreak),
+    /// The checkpoint given is not one this file satisfies.
+    #[error("checkpoint: {0}")]
+    Checkpoint(CheckpointError),
+}
+
+/// Why a checkpoint does not hold.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Not a compact JWS with checkpoint claims.
+    #[error("not a countersign audit checkpoint")]
+    Malformed,
+    /// The signature does not verify with the key given.
+    #[error("signature does not verify with the given key")]
+    BadSignature,
+    /// The file has fewer lines than the checkpoint covers.
+    #[error(
+        "the checkpoint covers {count} lines but the file has {lines}: its tail was truncated"
+    )]
+    Truncated {
+        /// Lines the checkpoint covers.
+        count: u64,
+        /// Lines in the file.
+        lines: u64,
+    },
+    /// Line `count` is not the one signed.
+    #[error("line {count} is not the line the checkpoint signed: the file was rewritten")]
+    Rewritten {
+        /// Lines the checkpoint covers.
+        count: u64,
+    },
+}
+
+/// What `audit verify` checks besides the chain.
+#[derive(Debug, Default)]
+pub struct Expect {
+    /// The `prev` of the first line: the hash of the last line of the previous file of a rotated
+    /// log; the genesis value (64 zeros) when `None`.
+    pub from: Option<String>,
+    /// A checkpoint the file must satisfy (claims already verified).
+    pub checkpoint: Option<CheckpointClaims>,
+}
+
+/// Decodes a checkpoint JWS and, when `key` is given, verifies its signature with it.
+pub fn checkpoint_claims(
+    jws: &str,
+    key: Option<&crate::jwk::PublicJwk>,
+) -> Result<CheckpointClaims, CheckpointError> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let mut parts = jws.trim().split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(CheckpointError::Malformed);
+    };
+    let decode = |part: &str| {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .ok_or(CheckpointError::Malformed)
+    };
+    let head = decode(header)?;
+    if head["typ"] != CHECKPOINT_TYP {
+        return Err(CheckpointError::Malformed);
+    }
+    if let Some(key) = key {
+        let alg = match head["alg"].as_str() {
+            Some("ES256") => jsonwebtoken::Algorithm::ES256,
+            Some("EdDSA") => jsonwebtoken::Algorithm::EdDSA,
+            _ => return Err(CheckpointError::BadSignature),
+        };
+        let input = &jws.trim()[..header.len() + 1 + payload.len()];
+        let verified =
+            jsonwebtoken::crypto::verify(signature, input.as_bytes(), key.decoding_key(), alg);
+        if !matches!(verified, Ok(true)) {
+            return Err(CheckpointError::BadSignature);
+        }
+    }
+    serde_json::from_value(decode(payload)?).map_err(|_| CheckpointError::Malformed)
+}
+
+/// Checks the hash chain of an audit file from its first line (whose `prev` must be the
+/// genesis value, or `expect.from`) and the checkpoint if any; returns the number of lines.
+pub fn verify(path: &Path, expect: &Expect) -> Result<usize, VerifyError> {
+    let unreadable = |source| VerifyError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(unreadable)?;
+    let broken = |line, message: &str| {
+        VerifyError::Broken(ChainBreak {
+            line,
+            message: message.to_string(),
+        })
+    };
+    let mut prev = expect.from.clone().unwrap_or_else(|| GENESIS.to_string());
     let mut count = 0;
     for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
         let n = i + 1;
-        let line = line.map_err(|e| ChainBreak {
-            line: n,
-            message: format!("read error: {e}"),
-        })?;
+        let line = line.map_err(unreadable)?;
         #[derive(Deserialize)]
         struct Chained {
             prev: String,
         }
-        let parsed: Chained = serde_json::from_slice(&line).map_err(|e| ChainBreak {
-            line: n,
-            message: format!("not an audit record: {e}"),
+        let parsed: Chained = serde_json::from_slice(&line).map_err(|e| {
+            VerifyError::Broken(ChainBreak {
+                line: n,
+                message: format!("not an audit record: {e}"),
+            })
         })?;
-        if let Some(expected) = &prev {
-            if &parsed.prev != expected {
-                return Err(ChainBreak {
-                    line: n,
-                    message: "prev does not match the hash of the line before".to_string(),
-                });
+        if parsed.prev != prev {
+            return Err(broken(
+                n,
+                if n == 1 && expect.from.is_none() {
+                    "the first record does not start the chain (prev is not 64 zeros): \
+                     records before it are missing, or pass --from for a rotated file"
+                } else if n == 1 {
+                    "the first record does not continue from the --from hash"
+                } else {
+                    "prev does not match the hash of the line before"
+                },
+            ));
+        }
+        prev = hex_sha256(&line);
+        count = n;
+        if let Some(c) = &expect.checkpoint {
+            if c.count == n as u64 && c.head != prev {
+                return Err(VerifyError::Checkpoint(CheckpointError::Rewritten {
+                    count: c.count,
+                }));
             }
         }
-        prev = Some(hex_sha256(&line));
-        count = n;
+    }
+    if let Some(c) = &expect.checkpoint {
+        if c.count > count as u64 {
+            return Err(VerifyError::Checkpoint(CheckpointError::Truncated {
+                count: c.count,
+                lines: count as u64,
+            }));
+        }
     }
     Ok(count)
 }
@@ -354,7 +594,7 @@ mod tests {
         drop(log);
         let log = AuditLog::open(Some(&path), false).expect("reopen");
         log.append(&record("c")).expect("append");
-        assert_eq!(verify(&path), Ok(3));
+        assert_eq!(verify(&path, &Expect::default()).ok(), Some(3));
 
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.lines().next().expect("line").contains(GENESIS));
@@ -363,6 +603,9 @@ mod tests {
             text.replacen("\"route\":\"b\"", "\"route\":\"z\"", 1),
         )
         .expect("write");
-        assert_eq!(verify(&path).map_err(|e| e.line), Err(3));
+        assert!(matches!(
+            verify(&path, &Expect::default()),
+            Err(VerifyError::Broken(ChainBreak { line: 3, .. }))
+        ));
     }
 }

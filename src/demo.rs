@@ -146,7 +146,8 @@ pub fn run() -> Result<(), String> {
     for line in audit.lines() {
         println!("  {line}");
     }
-    let verified = crate::audit::verify(&audit_path).map_err(|e| e.to_string());
+    let verified = crate::audit::verify(&audit_path, &crate::audit::Expect::default())
+        .map_err(|e| e.to_string());
     println!(
         "  hash chain: {}",
         match &verified {

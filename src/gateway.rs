@@ -48,6 +48,8 @@ struct Target {
     peer: HttpPeer,
     /// The upstream's own origin (its configured address).
     origin: String,
+    /// Whether its connections are reused.
+    keepalive: bool,
 }
 
 /// The gateway.
@@ -79,6 +81,8 @@ pub struct RequestCtx {
     /// Status of the upstream's answer on the streamed path.
     upstream_status: Option<u16>,
     _in_flight: crate::metrics::InFlight,
+    /// The upstream socket of the streamed path, for quick ACKs while its response arrives.
+    upstream_fd: Option<std::os::unix::io::RawFd>,
 }
 
 /// What a high-impact request has established by the time it is forwarded.
@@ -124,7 +128,15 @@ impl Gateway {
                 peer.options.idle_timeout = Some(Duration::from_secs(60));
                 let scheme = if u.tls { "https" } else { "http" };
                 let origin = format!("{scheme}://{}", u.address.to_ascii_lowercase());
-                Ok((u.name.clone(), Target { peer, origin }))
+                let keepalive = u.keepalive;
+                Ok((
+                    u.name.clone(),
+                    Target {
+                        peer,
+                        origin,
+                        keepalive,
+                    },
+                ))
             })
             .collect::<Result<_, String>>()?;
         let algs = confirmer
@@ -636,12 +648,15 @@ impl Gateway {
         session: &mut Session,
         ctx: &RequestCtx,
         route: &Route,
-        upstream_req: RequestHeader,
+        mut upstream_req: RequestHeader,
         body: Bytes,
         confirmed: Option<&Confirmed<'_>>,
         mut record: Record,
     ) -> pingora::Result<()> {
         let upstream = self.target(route)?;
+        if !upstream.keepalive {
+            upstream_req.insert_header(http::header::CONNECTION, "close")?;
+        }
         let started = Instant::now();
         let sent = self
             .forwarder
@@ -1034,6 +1049,7 @@ impl ProxyHttp for Gateway {
             span: tracing::Span::none(),
             upstream_status: None,
             _in_flight: self.metrics.enter(),
+            upstream_fd: None,
         }
     }
 
@@ -1047,6 +1063,8 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         ctx.peer = Peer::new(ip, &self.config.trusted_proxies);
+        // Pingora keeps an idle HTTP/1.1 connection open forever unless told otherwise.
+        session.set_keepalive(Some(self.config.server.keepalive_timeout.as_secs()));
         ctx.span = tracing::info_span!(
             "request",
             request_id = %ctx.request_id,
@@ -1165,7 +1183,50 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         forwarding::strip_request(upstream, Framing::Streamed);
         forwarding::set_forwarded(upstream, ctx.peer, Self::view(ctx));
+        if let Some(route) = &ctx.route {
+            if !self.target(route)?.keepalive {
+                upstream.insert_header(http::header::CONNECTION, "close")?;
+            }
+        }
         self.rewrite_authorization(upstream)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.upstream_fd = Some(fd);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _head: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(fd) = ctx.upstream_fd {
+            crate::forward::quick_ack(fd);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        if let (Some(fd), false) = (ctx.upstream_fd, end_of_stream) {
+            crate::forward::quick_ack(fd);
+        }
+        Ok(None)
     }
 
     async fn response_filter(

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod proof;
 pub mod provenance;
 pub mod reason;
+pub mod reload;
 pub mod reply;
 pub mod revocation;
 pub mod routes;

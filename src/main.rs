@@ -129,6 +129,18 @@ enum AuditCommand {
     Verify {
         /// The audit log (JSON lines).
         file: PathBuf,
+        /// For a rotated file: the hash its first `prev` continues from (the previous file's
+        /// last line). Without it the first record must start the chain (64 zeros).
+        #[arg(long)]
+        from: Option<String>,
+        /// A checkpoint JWS kept outside this machine (from the log stream): the file must
+        /// still hold every line it covers, unchanged.
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// The gateway's provenance JWKS (`/.well-known/countersign/jwks.json`), to verify the
+        /// checkpoint's signature.
+        #[arg(long)]
+        jwks: Option<PathBuf>,
     },
     /// List mutating requests that went through low-risk routes (needs `audit.passthrough:
     /// true`), grouped by method and path shape, with route snippets to paste.
@@ -303,20 +315,14 @@ fn run(command: Command) -> Result<(), String> {
             audit,
         }),
         Command::Audit {
-            command: AuditCommand::Verify { file },
-        } => match audit::verify(&file) {
-            Ok(n) => {
-                println!("{}: chain intact, {n} records", file.display());
-                Ok(())
-            }
-            // Line 0 is the file itself: it could not be opened, so no chain was read.
-            Err(e) if e.line == 0 => Err(format!(
-                "{}: {}; nothing was verified (is this the audit.path of the config?)",
-                file.display(),
-                e.message
-            )),
-            Err(e) => Err(format!("{}: chain broken at {e}", file.display())),
-        },
+            command:
+                AuditCommand::Verify {
+                    file,
+                    from,
+                    checkpoint,
+                    jwks,
+                },
+        } => verify_audit(&file, from, checkpoint.as_deref(), jwks.as_deref()),
         Command::Audit {
             command: AuditCommand::Unprotected { file, config },
         } => {
@@ -407,6 +413,61 @@ fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `audit verify`: the chain, then the checkpoint (its signature too when a JWKS is given).
+fn verify_audit(
+    file: &std::path::Path,
+    from: Option<String>,
+    checkpoint: Option<&str>,
+    jwks: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let key = match jwks {
+        Some(path) => Some(load_jwk(path)?),
+        None => None,
+    };
+    let checkpoint = checkpoint
+        .map(|jws| audit::checkpoint_claims(jws, key.as_ref()))
+        .transpose()
+        .map_err(|e| format!("{}: checkpoint: {e}", file.display()))?;
+    let covered = checkpoint.as_ref().map(|c| c.count);
+    let expect = audit::Expect { from, checkpoint };
+    match audit::verify(file, &expect) {
+        Ok(n) => {
+            let mut out = format!("{}: chain intact, {n} records", file.display());
+            if let Some(count) = covered {
+                out.push_str(&format!("; the checkpoint over {count} records holds"));
+                if key.is_none() {
+                    out.push_str(" (signature not checked: pass --jwks)");
+                }
+            }
+            print_out(&format!("{out}\n"));
+            Ok(())
+        }
+        Err(e @ audit::VerifyError::Unreadable { .. }) => Err(e.to_string()),
+        Err(e) => Err(format!("{}: {e}", file.display())),
+    }
+}
+
+/// The first key of a JWKS file (or a file holding one JWK).
+fn load_jwk(path: &std::path::Path) -> Result<countersign::jwk::PublicJwk, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    let jwk = value
+        .get("keys")
+        .and_then(|k| k.get(0))
+        .unwrap_or(&value)
+        .as_object()
+        .ok_or_else(|| format!("{}: no JWK", path.display()))?;
+    countersign::jwk::PublicJwk::parse(jwk).map_err(|e| {
+        format!(
+            "{}: not a usable public key: {}",
+            path.display(),
+            e.as_str()
+        )
+    })
 }
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error.

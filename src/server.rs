@@ -28,6 +28,7 @@ use crate::forward::Forwarder;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::provenance::Signer;
+use crate::reload::Reloadable;
 use crate::routes::Risk;
 use crate::session::Sessions;
 use crate::store::{MemoryStore, RedisStore, ReplayStore};
@@ -81,8 +82,55 @@ pub struct Assembled {
 /// What the process-owning run (`countersign run`) needs besides the server.
 struct Process {
     source: PathBuf,
+    gateway: Reloadable,
+    parts: Parts,
+}
+
+/// What a gateway is built from besides its config; kept across reloads.
+struct Parts {
+    store: Arc<dyn ReplayStore>,
     audit: AuditLog,
     metrics: Arc<Metrics>,
+    signer: Arc<Signer>,
+    connector: ConnectorOptions,
+}
+
+impl Parts {
+    /// The gateway for `config`: routes, upstreams, sessions, confirmation and policy settings.
+    fn gateway(&self, config: Arc<Config>) -> Result<Gateway, BuildError> {
+        let setting = |e: String| BuildError::Setting(e, config.source.display().to_string());
+        let sessions = Sessions::new(&config.session, config.confirmation.clock_skew)
+            .map_err(|e| setting(e.to_string()))?;
+        let confirmer = Confirmer::new(
+            self.store.clone(),
+            sessions,
+            config.confirmation.clone(),
+            config.session.binding_ttl,
+            self.metrics.clone(),
+        );
+        let gateway = Gateway::new(
+            config.clone(),
+            Forwarder::new(self.connector.clone()),
+            confirmer,
+            self.audit.clone(),
+            self.metrics.clone(),
+            self.signer.clone(),
+        )
+        .map_err(setting)?;
+        for risk in [Risk::Low, Risk::High] {
+            let n = config
+                .routes
+                .routes()
+                .iter()
+                .filter(|r| r.risk == risk)
+                .count();
+            self.metrics
+                .config_routes
+                .with_label_values(&[risk.as_str()])
+                .set(n as i64);
+        }
+        Ok(gateway)
+    }
 }
 
 /// How `countersign run` starts.
@@ -118,7 +166,33 @@ pub fn assemble_process(config: Config, start: Start) -> Result<Assembled, Build
     let file = config.source.display().to_string();
     private_dir(&config.server.upgrade_sock)
         .map_err(|e| BuildError::Setting(format!("server.upgrade_sock: {e}"), file))?;
+    raise_open_files_limit();
     build(config, Runtime::PerThread, Some(start))
+}
+
+/// Raises the soft limit on open files to the hard limit: each connection costs a descriptor on
+/// each side, and the usual soft default (1024, systemd's too) would refuse clients under load.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+            && (limit.rlim_cur >= limit.rlim_max || {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+            })
+    };
+    if raised {
+        tracing::debug!(open_files = limit.rlim_cur, "open files limit");
+    } else {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            "open files limit could not be raised to the hard limit"
+        );
+    }
 }
 
 fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assembled, BuildError> {
@@ -135,18 +209,6 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
     }
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    for risk in [Risk::Low, Risk::High] {
-        let n = config
-            .routes
-            .routes()
-            .iter()
-            .filter(|r| r.risk == risk)
-            .count();
-        metrics
-            .config_routes
-            .with_label_values(&[risk.as_str()])
-            .set(n as i64);
-    }
     let store: Arc<dyn ReplayStore> = match &config.store {
         StoreConfig::Memory { max_entries } => Arc::new(MemoryStore::new(*max_entries)),
         StoreConfig::Redis { url, timeout } => {
@@ -155,14 +217,13 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
     };
     // Export the store's error counter at 0 from the start, so dashboards and alerts see it.
     metrics.store_errors.with_label_values(&[store.backend()]);
-    let sessions = Sessions::new(&config.session, config.confirmation.clock_skew)
-        .map_err(|e| setting(e.to_string()))?;
     let signer = Arc::new(
         Signer::load(config.provenance.signing_key.as_deref())
             .map_err(|e| setting(e.to_string()))?,
     );
     let audit = AuditLog::open(config.audit.path.as_deref(), config.audit.stdout)
         .map_err(|e| setting(format!("audit.path: {e}")))?;
+    audit.checkpoint_every(signer.clone(), config.audit.checkpoint_every);
     let summary = Summary {
         listen: config.listen.clone(),
         metrics: config.metrics.as_ref().map(|m| m.listen.clone()),
@@ -170,14 +231,6 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
         jwks: signer.jwks(),
         ephemeral_key: signer.ephemeral,
     };
-    let confirmer = Confirmer::new(
-        store.clone(),
-        sessions,
-        config.confirmation.clone(),
-        config.session.binding_ttl,
-        metrics.clone(),
-    );
-
     if let Some(path) = &config.upstream_ca_file {
         check_ca_bundle(path).map_err(|e| setting(format!("upstream_ca_file: {e}")))?;
     }
@@ -197,25 +250,24 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
         upgrade: start == Start::Upgrade,
         ..Opt::default()
     });
-    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
-    server.bootstrap();
-    // The confirmed-request connector trusts the same CAs as Pingora's own proxy connector.
-    let forwarder = Forwarder::new(ConnectorOptions::from_server_conf(&server.configuration));
-    let process = Process {
-        source: config.source.clone(),
+    let parts = Parts {
+        store: store.clone(),
         audit: audit.clone(),
         metrics: metrics.clone(),
+        signer: signer.clone(),
+        // The confirmed-request connector trusts the same CAs as Pingora's own proxy connector.
+        connector: ConnectorOptions::from_server_conf(&server_conf),
+    };
+    // Everything is validated before an upgrade takes the listening sockets over.
+    let gateway = Reloadable::new(parts.gateway(config.clone())?);
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+    let process = Process {
+        source: config.source.clone(),
+        gateway: gateway.clone(),
+        parts,
     };
     let audit_handle = audit.clone();
-    let gateway = Gateway::new(
-        config.clone(),
-        forwarder,
-        confirmer,
-        audit,
-        metrics.clone(),
-        signer.clone(),
-    )
-    .map_err(setting)?;
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "countersign");
     proxy.add_tcp(&config.listen);
@@ -309,11 +361,14 @@ impl Assembled {
         // Until the server's own handler is installed, a SIGHUP must not end the process.
         ignore_hangup_until_handled();
         let phases = server.watch_execution_phase();
-        let in_flight = process.metrics.in_flight.clone();
-        std::thread::spawn(move || exit_when_drained(phases, in_flight));
+        let in_flight = process.parts.metrics.in_flight.clone();
+        let audit = process.parts.audit.clone();
+        let drained = audit.clone();
+        std::thread::spawn(move || exit_when_drained(phases, in_flight, &drained));
         server.run(RunArgs {
             shutdown_signal: Box::new(OperatorSignals { process }),
         });
+        final_checkpoint(&audit);
         tracing::info!("countersign stopped");
     }
 
@@ -349,7 +404,11 @@ fn ignore_hangup_until_handled() {
 
 /// After a graceful stop began (listeners closed), exits as soon as no request is in flight
 /// instead of waiting out the whole grace period.
-fn exit_when_drained(mut phases: broadcast::Receiver<ExecutionPhase>, in_flight: IntGauge) {
+fn exit_when_drained(
+    mut phases: broadcast::Receiver<ExecutionPhase>,
+    in_flight: IntGauge,
+    audit: &AuditLog,
+) {
     loop {
         match phases.blocking_recv() {
             Ok(ExecutionPhase::ShutdownGracePeriod) => break,
@@ -364,8 +423,16 @@ fn exit_when_drained(mut phases: broadcast::Receiver<ExecutionPhase>, in_flight:
         std::thread::sleep(DRAIN_POLL);
         idle = if in_flight.get() == 0 { idle + 1 } else { 0 };
     }
+    final_checkpoint(audit);
     tracing::info!("no request in flight: exiting");
     std::process::exit(0);
+}
+
+/// The checkpoint a stopping gateway leaves at the end of its audit file and in its log.
+fn final_checkpoint(audit: &AuditLog) {
+    if let Err(e) = audit.checkpoint() {
+        tracing::warn!(error = %e, "no audit checkpoint at shutdown");
+    }
 }
 
 /// How often a draining gateway looks at its in-flight count.
@@ -379,15 +446,18 @@ struct OperatorSignals {
 impl OperatorSignals {
     /// SIGHUP: reopen the audit file, re-read and validate the config.
     fn reload(&self) {
-        if let Err(e) = self.process.audit.reopen() {
+        if let Err(e) = self.process.parts.audit.reopen() {
             tracing::warn!(error = %e, "audit file not reopened");
         }
-        let result = match crate::config::load(&self.process.source) {
-            Ok(config) => Sessions::new(&config.session, config.confirmation.clock_skew)
-                .map(drop)
-                .map_err(|e| format!("{}: {e}", config.source.display())),
-            Err(e) => Err(e.to_string()),
-        };
+        let result = crate::config::load(&self.process.source)
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                self.process
+                    .parts
+                    .gateway(Arc::new(config))
+                    .map_err(|e| e.to_string())
+            })
+            .map(|gateway| self.process.gateway.replace(gateway));
         let label = match &result {
             Ok(()) => {
                 tracing::info!(config = %self.process.source.display(), "config reloaded");
@@ -399,6 +469,7 @@ impl OperatorSignals {
             }
         };
         self.process
+            .parts
             .metrics
             .config_reloads
             .with_label_values(&[label])

@@ -614,6 +614,7 @@ struct FileUpstream {
     sni: Option<String>,
     connect_timeout: Option<Parsed<Duration>>,
     read_timeout: Option<Parsed<Duration>>,
+    keepalive: Option<bool>,
 }
 
 /// `session.kind`.
@@ -768,6 +769,7 @@ struct FileServer {
     grace_period: Option<Parsed<Duration>>,
     shutdown_timeout: Option<Parsed<Duration>>,
     upgrade_sock: Option<PathBuf>,
+    keepalive_timeout: Option<Parsed<Duration>>,
 }
 
 /// `log.format`.
@@ -1014,6 +1016,7 @@ impl FileConfig {
                 grace_period: DEFAULT_GRACE_PERIOD,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 upgrade_sock: super::default_upgrade_sock(),
+                keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             },
         };
         let log = match self.log.and_then(|l| l.format) {
@@ -1090,6 +1093,7 @@ const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long SIGTERM lets in-flight requests finish before the runtimes stop.
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn default_threads() -> usize {
@@ -1118,6 +1122,7 @@ impl FileUpstream {
                 self.read_timeout,
                 DEFAULT_READ_TIMEOUT,
             )?,
+            keepalive: self.keepalive.unwrap_or(true),
         })
     }
 }
@@ -1464,6 +1469,13 @@ impl FileServer {
                 }
                 Some(p) => p,
                 None => super::default_upgrade_sock(),
+            },
+            keepalive_timeout: match self.keepalive_timeout {
+                Some(Parsed(d)) if d < Duration::from_secs(1) => {
+                    return invalid("server.keepalive_timeout", "must be at least 1s")
+                }
+                Some(Parsed(d)) => d,
+                None => DEFAULT_KEEPALIVE_TIMEOUT,
             },
         })
     }

@@ -123,6 +123,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Read timeout between bytes of the response (default 30 s).
     pub read_timeout: Duration,
+    /// Reuse connections to it (default true); `false` sends `Connection: close` on every request.
+    pub keepalive: bool,
 }
 
 /// `session:`.
@@ -268,6 +270,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Where `run --upgrade` receives the listening sockets; its directory is private (0700).
     pub upgrade_sock: PathBuf,
+    /// How long an idle client connection is kept open for its next request (default 60 s).
+    pub keepalive_timeout: Duration,
 }
 
 /// The default upgrade socket: in the user's runtime directory, `/run/countersign` for root,

@@ -214,12 +214,12 @@ impl Gateway {
             .expect("gateway assembles")
             .spawn();
         let started = std::time::Instant::now();
-        // The operations listener opens once the gateway port is bound: wait for both.
-        for port in [port, metrics_port] {
-            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        // Both listeners bind on their own threads, in no fixed order.
+        for p in [port, metrics_port] {
+            while TcpStream::connect(("127.0.0.1", p)).await.is_err() {
                 assert!(
                     started.elapsed() < Duration::from_secs(20),
-                    "the gateway did not start listening on port {port}"
+                    "the gateway did not start listening on port {p}"
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
