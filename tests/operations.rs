@@ -235,6 +235,8 @@ async fn healthz_answers_only_while_the_gateway_port_accepts() {
         "server: { threads: 1, grace_period: 1s, shutdown_timeout: 1s }",
     );
     let gateway = Gateway::start(&path, port).await;
+    // The operations listener opens once the gateway port is bound.
+    wait_listening(metrics).await;
     let health = format!("http://127.0.0.1:{metrics}/healthz");
     let reply = send(&health, "GET", &[], Bytes::new()).await;
     assert_eq!(reply.status, 200);
