@@ -18,6 +18,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::audit::{AuditLog, Event, Record};
+use crate::browser::{self, Browser};
 use crate::config::{Config, UpstreamScheme};
 use crate::confirm::{Challenge, Confirmation, Confirmer, Exchange, Outcome};
 use crate::forward::{ForwardError, Forwarder, Pending};
@@ -57,6 +58,7 @@ pub struct Gateway {
     forwarder: Forwarder,
     algs: String,
     route_metrics: HashMap<String, RouteMetrics>,
+    browser: Option<Browser>,
 }
 
 /// Per-request state.
@@ -132,7 +134,20 @@ impl Gateway {
                 )
             })
             .collect();
+        let browser = match (&config.browser, &config.public_origin) {
+            (Some(b), Some(public)) => Some(
+                Browser::new(
+                    b.clone(),
+                    public.clone(),
+                    confirmer.store().clone(),
+                    config.session.binding_ttl,
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        };
         Ok(Gateway {
+            browser,
             route_metrics,
             config,
             targets,
@@ -341,11 +356,29 @@ impl Gateway {
         let body_hex = hex::encode(body_sha256);
         record.body_sha256 = Some(body_hex.clone());
 
-        // 3. Confirmation.
+        // 3. Confirmation; a browser navigation without a proof is held for a passkey instead.
         let external =
             Self::view(ctx).external_uri(self.config.public_origin.as_ref(), req.uri.path());
         let htu = htu::normalize(&external);
         let target = target_of(&req);
+        if let Some(browser) = self
+            .browser
+            .as_ref()
+            .filter(|_| browser::is_navigation(&req.headers) && !req.headers.contains_key("dpop"))
+        {
+            let held = browser::Held {
+                route: &route.name,
+                method: req.method.as_str(),
+                target: &target,
+                url: Self::view(ctx).external_uri(self.config.public_origin.as_ref(), &target),
+                headers: &req.headers,
+                body: &body,
+                body_sha256: &body_hex,
+            };
+            let client_ip = ctx.peer.ip.map(|ip| ip.to_string());
+            let answer = browser.hold(held, &user, client_ip, record).await;
+            return self.answer(session, ctx, answer).await;
+        }
         let exchange = Exchange {
             method: req.method.as_str(),
             target: &target,
@@ -398,9 +431,34 @@ impl Gateway {
 
         // 4. Audit before forwarding; fail closed.
         record.event = Some(Event::Accepted);
-        record.confirmation_id = Some(confirmation.id.to_string());
         record.parent_id = confirmation.chain.as_ref().map(|c| c.root.clone());
         record.via = confirmation.chain.as_ref().map(|c| c.parent.clone());
+        let confirmed = Confirmed {
+            req: &req,
+            route: &route,
+            user: &user,
+            confirmation: &confirmation,
+            target: &target,
+            body_hex: &body_hex,
+            body_sha256: &body_sha256,
+        };
+        self.forward_confirmed(session, ctx, record, confirmed, body, None)
+            .await
+    }
+
+    /// Forwards a confirmed request (a DPoP one, or a held one a passkey confirmed) after its
+    /// `accepted` record is written, and relays the response; `set_cookie` is added to it.
+    async fn forward_confirmed(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        mut record: Record,
+        confirmed: Confirmed<'_>,
+        body: Bytes,
+        set_cookie: Option<String>,
+    ) -> pingora::Result<()> {
+        let (route, confirmation) = (confirmed.route, confirmed.confirmation);
+        record.confirmation_id = Some(confirmation.id.to_string());
         record.device = Some(confirmation.jkt.clone());
         if !self.write_audit(&record) {
             return self
@@ -411,17 +469,8 @@ impl Gateway {
         self.count(&route.name, Decision::Accepted);
 
         // 5. Forward, then relay the response with its rewrites.
-        let confirmed = Confirmed {
-            req: &req,
-            route: &route,
-            user: &user,
-            confirmation: &confirmation,
-            target: &target,
-            body_hex: &body_hex,
-            body_sha256: &body_sha256,
-        };
         let upstream_req = self.confirmed_request(&confirmed, ctx)?;
-        let upstream = self.target(&route)?;
+        let upstream = self.target(route)?;
         let started = Instant::now();
         let sent = self
             .forwarder
@@ -431,6 +480,9 @@ impl Gateway {
             Ok(mut pending) => {
                 let status = pending.head.status.as_u16();
                 self.finish_head(&mut pending, &confirmed, ctx).await;
+                if let Some(cookie) = set_cookie {
+                    let _ = pending.head.append_header("set-cookie", cookie);
+                }
                 let relayed = self.forwarder.relay(session, &upstream.peer, pending).await;
                 (
                     Some(status),
@@ -459,6 +511,139 @@ impl Gateway {
         record.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
         self.write_audit(&record);
         outcome
+    }
+
+    /// Writes a browser step's answer and its audit record.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        answer: browser::Answer,
+    ) -> pingora::Result<()> {
+        if let Some(mut record) = answer.record {
+            record.request_id = Some(ctx.request_id.clone());
+            record.client_ip = record
+                .client_ip
+                .or_else(|| ctx.peer.ip.map(|ip| ip.to_string()));
+            let decision = match record.event {
+                Some(Event::Challenged) => Some(Decision::Challenged),
+                Some(Event::Rejected) => Some(Decision::Rejected),
+                _ => None,
+            };
+            self.write_audit(&record);
+            if let Some(decision) = decision {
+                self.count(&record.route, decision);
+            }
+            if let Some(reason) = record.reason.filter(|_| !record.route.is_empty()) {
+                self.metrics
+                    .rejections
+                    .with_label_values(&[&record.route, reason])
+                    .inc();
+            }
+        }
+        let mut head = ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
+        for (name, value) in answer.headers {
+            head.append_header(name, value)?;
+        }
+        head.insert_header("content-length", answer.body.len())?;
+        head.insert_header("countersign-request-id", ctx.request_id.as_str())?;
+        session.write_response_header(Box::new(head), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(answer.body)), true)
+            .await
+    }
+
+    /// The browser confirmation steps that come before routing: the confirmation origin (by
+    /// `Host`), the resume endpoint, and the navigation that carries a resume cookie. True when
+    /// the request was answered.
+    async fn browser_step(&self, session: &mut Session, ctx: &RequestCtx) -> pingora::Result<bool> {
+        let Some(browser) = &self.browser else {
+            return Ok(false);
+        };
+        let req = session.req_header().clone();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri.authority().map(|a| a.as_str()));
+        if browser.serves(host) {
+            // The confirmation origin never sees the app's session: nothing here reads it.
+            let body = read_body(session, &req, browser::MAX_CEREMONY_BODY)
+                .await?
+                .unwrap_or_default();
+            let answer = browser
+                .confirmation_origin(req.method.as_str(), req.uri.path(), &body)
+                .await;
+            self.answer(session, ctx, answer).await?;
+            return Ok(true);
+        }
+        let user = || self.confirmer.session(&req.headers, ctx.peer.trusted);
+        if let Some(token) = browser.resume_token(req.uri.path()) {
+            let answer = browser.resume(token, user()).await;
+            self.answer(session, ctx, answer).await?;
+            return Ok(true);
+        }
+        let Some(cookie) = Browser::resume_cookie(&req.headers) else {
+            return Ok(false);
+        };
+        let resumed = match browser.arrive(&cookie, req.uri.path(), user()).await {
+            Ok(resumed) => resumed,
+            Err(answer) => {
+                self.answer(session, ctx, answer).await?;
+                return Ok(true);
+            }
+        };
+        let Ok(user) = user() else {
+            return Ok(false);
+        };
+        let hold = &resumed.hold;
+        let Some(route) = self
+            .config
+            .routes
+            .routes()
+            .iter()
+            .find(|r| r.name == hold.route)
+            .cloned()
+        else {
+            // The config changed under the hold: nothing to forward it to (fail closed).
+            let answer = browser.gone(resumed.record);
+            self.answer(session, ctx, answer).await?;
+            return Ok(true);
+        };
+        let mut held = RequestHeader::build(hold.method.as_str(), hold.target.as_bytes(), None)?;
+        for (name, value) in hold.headers() {
+            if let Ok(value) = http::HeaderValue::from_bytes(&value) {
+                held.append_header(name.to_string(), value)?;
+            }
+        }
+        let body = Bytes::from(hold.body());
+        let body_sha256: [u8; 32] = Sha256::digest(&body).into();
+        let confirmation = Confirmation {
+            id: Uuid::now_v7(),
+            jkt: resumed.device.clone(),
+            chain: None,
+        };
+        let mut record = resumed.record;
+        record.request_id = Some(ctx.request_id.clone());
+        let confirmed = Confirmed {
+            req: &held,
+            route: &route,
+            user: &user,
+            confirmation: &confirmation,
+            target: &hold.target,
+            body_hex: &hold.body_sha256,
+            body_sha256: &body_sha256,
+        };
+        self.forward_confirmed(
+            session,
+            ctx,
+            record,
+            confirmed,
+            body,
+            Some(resumed.clear_cookie),
+        )
+        .await?;
+        Ok(true)
     }
 
     /// Rewrites the response head of a confirmed request: URLs, the confirmation id, a session
@@ -688,6 +873,10 @@ impl ProxyHttp for Gateway {
         ctx.peer = Peer::new(ip, &self.config.trusted_proxies);
         let req = session.req_header();
         ctx.view = Some(ClientView::of(&req.headers, &req.uri, ctx.peer));
+        if self.browser_step(session, ctx).await? {
+            return Ok(true);
+        }
+        let req = session.req_header();
         let route = self
             .config
             .routes

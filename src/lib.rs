@@ -4,6 +4,7 @@
 
 pub mod alg;
 pub mod audit;
+pub mod browser;
 pub mod config;
 pub mod confirm;
 pub mod demo;
