@@ -231,3 +231,288 @@ async fn a_200_kib_multipart_upload_reaches_the_app_byte_identical() {
         hex::encode(Sha256::digest(&uploads[0].body))
     );
 }
+
+/// The refusal page's reason code.
+async fn refusal_reason(chromium: &mut Chromium) -> String {
+    chromium.wait_for("document.getElementById('reason')").await;
+    chromium
+        .eval("document.getElementById('reason').textContent")
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Keeps the resume link the confirmation page would follow, instead of following it.
+const CAPTURE_RESUME: &str = r#"(function () {
+  var f = window.fetch;
+  window.fetch = function (u, o) {
+    return f(u, o).then(function (r) { return r.json(); }).then(function (j) {
+      if (j.next && j.next.indexOf('/.countersign/resume/') > 0) {
+        window.__resume = j.next;
+        return new Response('{}');
+      }
+      return new Response(JSON.stringify(j));
+    });
+  };
+  return true;
+})()"#;
+
+impl World {
+    /// Confirms on the page but keeps the resume link; returns it.
+    async fn confirm_and_capture_resume(&mut self) -> String {
+        self.chromium.eval(CAPTURE_RESUME).await;
+        self.chromium.click("#confirm").await;
+        self.chromium.wait_for("window.__resume").await;
+        self.chromium
+            .eval("window.__resume")
+            .await
+            .as_str()
+            .expect("resume link")
+            .to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passkey_without_user_verification_is_refused_when_it_is_required() {
+    let mut w = World::start("required").await;
+    w.chromium.add_authenticator(false).await;
+    w.sign_in().await;
+    w.delete_and_wait_for_confirmation().await;
+    w.chromium.click("#confirm").await;
+    assert_eq!(
+        refusal_reason(&mut w.chromium).await,
+        "user_verification_required"
+    );
+    assert!(w.app.received_at("POST", "/users/42/delete").is_empty());
+    let rejected = last_with(&w.audit_events(), "rejected");
+    assert_eq!(rejected["reason"], "user_verification_required");
+    assert_eq!(rejected["route"], "delete-user");
+    assert_eq!(rejected["via"], "browser");
+    assert!(w.audit_events().iter().all(|r| r["event"] != "accepted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_passkey_on_the_same_session_is_a_device_mismatch() {
+    let mut w = World::start("required").await;
+    let first = w.chromium.add_authenticator(true).await;
+    w.sign_in().await;
+    w.delete_and_wait_for_confirmation().await;
+    w.chromium.click("#confirm").await;
+    w.chromium.wait_for("document.getElementById('done')").await;
+    assert_eq!(w.app.received_at("POST", "/users/42/delete").len(), 1);
+
+    // Another authenticator, with a passkey of its own for this relying party.
+    w.chromium.remove_authenticator(&first).await;
+    let second = w.chromium.add_authenticator(true).await;
+    add_resident_passkey(&mut w.chromium, &second).await;
+    let users = w.app_url("/users");
+    w.chromium.goto(&users).await;
+    w.delete_and_wait_for_confirmation().await;
+    w.chromium.click("#confirm").await;
+    assert_eq!(refusal_reason(&mut w.chromium).await, "device_mismatch");
+    assert_eq!(
+        w.app.received_at("POST", "/users/42/delete").len(),
+        1,
+        "the refused action never reached the app"
+    );
+    let rejected = last_with(&w.audit_events(), "rejected");
+    assert_eq!(rejected["reason"], "device_mismatch");
+    let accepted = last_with(&w.audit_events(), "accepted");
+    assert_ne!(rejected["credential_id"], accepted["credential_id"]);
+}
+
+/// Gives a virtual authenticator a discoverable P-256 passkey for RP id `localhost`.
+async fn add_resident_passkey(chromium: &mut Chromium, authenticator: &str) {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
+        .expect("P-256 key");
+    chromium
+        .call(
+            "WebAuthn.addCredential",
+            serde_json::json!({
+                "authenticatorId": authenticator,
+                "credential": {
+                    "credentialId": STANDARD.encode(rand::random::<[u8; 16]>()),
+                    "isResidentCredential": true,
+                    "rpId": "localhost",
+                    "privateKey": STANDARD.encode(pkcs8.as_ref()),
+                    "userHandle": STANDARD.encode(rand::random::<[u8; 16]>()),
+                    "signCount": 0,
+                }
+            }),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_link_works_once_and_only_in_the_session_that_held_the_action() {
+    let mut w = World::start("required").await;
+    w.chromium.add_authenticator(true).await;
+    w.sign_in().await;
+
+    // Opened in another session (signed in again: a new session cookie), it completes nothing.
+    w.delete_and_wait_for_confirmation().await;
+    let resume = w.confirm_and_capture_resume().await;
+    let login = w.app_url("/login");
+    w.chromium.goto(&login).await;
+    w.chromium.click("#login").await;
+    w.chromium
+        .wait_for("document.getElementById('welcome')")
+        .await;
+    w.chromium.goto(&resume).await;
+    assert_eq!(refusal_reason(&mut w.chromium).await, "session_mismatch");
+    assert!(w.app.received_at("POST", "/users/42/delete").is_empty());
+    assert_eq!(
+        last_with(&w.audit_events(), "rejected")["reason"],
+        "session_mismatch"
+    );
+
+    // In the right session it works once; the second use is a replay.
+    let users = w.app_url("/users");
+    w.chromium.goto(&users).await;
+    w.delete_and_wait_for_confirmation().await;
+    let resume = w.confirm_and_capture_resume().await;
+    w.chromium.goto(&resume).await;
+    w.chromium.wait_for("document.getElementById('done')").await;
+    assert_eq!(w.app.received_at("POST", "/users/42/delete").len(), 1);
+    w.chromium.goto(&resume).await;
+    assert_eq!(refusal_reason(&mut w.chromium).await, "replay");
+    assert_eq!(w.app.received_at("POST", "/users/42/delete").len(), 1);
+    assert_eq!(last_with(&w.audit_events(), "rejected")["reason"], "replay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_forgets_the_action_and_returns_to_the_app_page() {
+    let mut w = World::start("required").await;
+    w.chromium.add_authenticator(true).await;
+    w.sign_in().await;
+    w.delete_and_wait_for_confirmation().await;
+    let page = w.chromium.url().await;
+    w.chromium.click("#cancel").await;
+    w.chromium
+        .wait_for("document.getElementById('delete')")
+        .await;
+    assert_eq!(w.chromium.url().await, w.app_url("/users"));
+    let rejected = last_with(&w.audit_events(), "rejected");
+    assert_eq!(rejected["reason"], "cancelled");
+    assert_eq!(rejected["route"], "delete-user");
+    // The hold is gone: its page now says so.
+    w.chromium.goto(&page).await;
+    assert_eq!(refusal_reason(&mut w.chromium).await, "nonce_expired");
+    assert!(w.app.received_at("POST", "/users/42/delete").is_empty());
+}
+
+/// Without a browser: plain HTTP against the gateway.
+mod without_a_browser {
+    use super::*;
+    use bytes::Bytes;
+    use support::send;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_navigations_are_held_and_api_clients_keep_the_dpop_exchange() {
+        let app = FormApp::start().await;
+        let gateway = Gateway::start_at(&config("required"), app.addr).await;
+        let url = format!("{}/users/42/delete", gateway.base);
+        let cookie = ("cookie", "sessionid=s1");
+        let form = ("content-type", "application/x-www-form-urlencoded");
+
+        let held = send(
+            &url,
+            "POST",
+            &[cookie, form, ("sec-fetch-mode", "navigate")],
+            Bytes::from_static(b"a=1"),
+        )
+        .await;
+        assert_eq!(held.status, 303);
+        assert_eq!(held.header("cache-control"), Some("no-store"));
+        let location = held.header("location").expect("location");
+        let prefix = format!("http://localhost:{}/confirm/", gateway.port);
+        let id = location
+            .strip_prefix(&prefix)
+            .expect("to the confirmation origin");
+        assert_eq!(id.len(), 43, "256 random bits, base64url");
+
+        // fetch() from the app's page, and API clients: the RFC 9449 401.
+        for headers in [
+            vec![
+                cookie,
+                form,
+                ("sec-fetch-mode", "cors"),
+                ("accept", "text/html"),
+            ],
+            vec![cookie, form, ("accept", "application/json")],
+        ] {
+            let reply = send(&url, "POST", &headers, Bytes::from_static(b"a=1")).await;
+            assert_eq!(reply.status, 401);
+            assert!(reply.header("dpop-nonce").is_some());
+        }
+        assert!(app.received_at("POST", "/users/42/delete").is_empty());
+
+        // The confirmation page, read by Host on the same listener, with its isolation headers;
+        // it never receives or shows the session credential.
+        let page = send(
+            &format!("{}/confirm/{id}", gateway.base),
+            "GET",
+            &[("host", &format!("localhost:{}", gateway.port))],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(page.status, 200);
+        let csp = page.header("content-security-policy").expect("csp");
+        assert!(csp.starts_with("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
+        assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+        assert_eq!(page.header("cache-control"), Some("no-store"));
+        let html = String::from_utf8_lossy(&page.body);
+        assert!(html.contains("name=\"viewport\""));
+        assert!(!html.contains("s1"));
+        assert!(!html.contains("<script>"), "no inline script");
+        assert!(!html.contains("http://") || !html.contains("src=\"http"));
+
+        // An unknown hold is a page for a person, and an audited refusal.
+        let unknown = send(
+            &format!("{}/confirm/nothing-here", gateway.base),
+            "GET",
+            &[("host", &format!("localhost:{}", gateway.port))],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(unknown.status, 404);
+        assert!(String::from_utf8_lossy(&unknown.body).contains("nonce_expired"));
+        let audit = gateway.audit();
+        let challenged: Vec<_> = audit
+            .iter()
+            .filter(|r| r["event"] == "challenged")
+            .collect();
+        assert_eq!(challenged.len(), 3);
+        assert_eq!(challenged[0]["via"], "browser");
+        assert!(challenged[1..].iter().all(|r| r["via"].is_null()));
+        assert_eq!(last_with(&audit, "rejected")["reason"], "nonce_expired");
+    }
+
+    #[test]
+    fn the_confirmation_origin_must_differ_from_the_public_origin() {
+        let yaml = config("required")
+            .replace("{port}", "8080")
+            .replace("{upstream}", "127.0.0.1:9000")
+            .replace("http://localhost:8080", "http://127.0.0.1:8080");
+        let yaml = format!("listen: \"127.0.0.1:8080\"\n{yaml}");
+        let err = countersign::config::parse(&yaml, std::path::Path::new("t.yaml"))
+            .expect_err("equal origins are refused");
+        assert_eq!(err.path, "browser.origin");
+        assert!(err.message.contains("must differ from public_origin"));
+        let ok = yaml.replace(
+            "origin: \"http://127.0.0.1:8080\"\n  user",
+            "origin: \"http://localhost:8080\"\n  user",
+        );
+        countersign::config::parse(&ok, std::path::Path::new("t.yaml")).expect("distinct origins");
+        let bad_uv = ok.replace(
+            "user_verification: required",
+            "user_verification: sometimes",
+        );
+        assert!(countersign::config::parse(&bad_uv, std::path::Path::new("t.yaml")).is_err());
+    }
+}

@@ -167,8 +167,8 @@ impl Browser {
     pub async fn confirmation_origin(&self, method: &str, path: &str, body: &[u8]) -> Answer {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
-            ("GET", ["confirm", "app.js"]) => static_answer("text/javascript", page::SCRIPT),
-            ("GET", ["confirm", "app.css"]) => static_answer("text/css", page::stylesheet()),
+            ("GET", ["confirm", "app.js"]) => self.static_answer("text/javascript", page::SCRIPT),
+            ("GET", ["confirm", "app.css"]) => self.static_answer("text/css", page::stylesheet()),
             ("GET" | "HEAD", ["confirm", "refused", reason]) => {
                 let reason = refusal_named(reason);
                 self.page_answer(200, page::refusal(reason, Some(&self.back(None))), None)
@@ -215,7 +215,7 @@ impl Browser {
         };
         let remaining = Duration::from_millis(hold.expires_at_ms.saturating_sub(now_ms()));
         match self.ceremonies.begin(id, &hold, remaining).await {
-            Ok(options) => json_answer(options),
+            Ok(options) => self.json_answer(options),
             Err(reason) => {
                 let record = self.record_of(&hold);
                 self.discard(id).await;
@@ -498,13 +498,31 @@ impl Browser {
     }
 
     fn json_next(&self, next: &str) -> Answer {
-        json_answer(serde_json::json!({ "next": next }))
+        self.json_answer(serde_json::json!({ "next": next }))
+    }
+
+    fn static_answer(&self, content_type: &'static str, body: &str) -> Answer {
+        Answer {
+            status: 200,
+            headers: page::headers(content_type, &self.public_origin.origin()),
+            body: body.as_bytes().to_vec(),
+            record: None,
+        }
+    }
+
+    fn json_answer(&self, value: serde_json::Value) -> Answer {
+        Answer {
+            status: 200,
+            headers: page::headers("application/json", &self.public_origin.origin()),
+            body: value.to_string().into_bytes(),
+            record: None,
+        }
     }
 
     fn page_answer(&self, status: u16, body: Vec<u8>, record: Option<Record>) -> Answer {
         Answer {
             status,
-            headers: page::headers("text/html; charset=utf-8"),
+            headers: page::headers("text/html; charset=utf-8", &self.public_origin.origin()),
             body,
             record,
         }
@@ -543,27 +561,6 @@ fn refusal_named(name: &str) -> Reason {
     .into_iter()
     .find(|r| r.as_str() == name)
     .unwrap_or(Reason::NonceExpired)
-}
-
-fn static_answer(content_type: &'static str, body: &str) -> Answer {
-    let mut headers = page::headers(content_type);
-    headers.retain(|(n, _)| *n != "cache-control");
-    headers.push(("cache-control", "no-store".to_string()));
-    Answer {
-        status: 200,
-        headers,
-        body: body.as_bytes().to_vec(),
-        record: None,
-    }
-}
-
-fn json_answer(value: serde_json::Value) -> Answer {
-    Answer {
-        status: 200,
-        headers: page::headers("application/json"),
-        body: value.to_string().into_bytes(),
-        record: None,
-    }
 }
 
 fn now_ms() -> u64 {

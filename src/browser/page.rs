@@ -6,15 +6,19 @@ use crate::reason::Reason;
 
 use super::hold::Hold;
 
-/// Headers of every page and script the confirmation origin serves.
-pub fn headers(content_type: &'static str) -> Vec<(&'static str, String)> {
+/// Headers of every page and script the confirmation origin serves. Forms post to the page's own
+/// origin only, and Cancel's redirect may lead back to `app_origin` (CSP 3 `form-action` is
+/// enforced on redirects too).
+pub fn headers(content_type: &'static str, app_origin: &str) -> Vec<(&'static str, String)> {
     vec![
         ("content-type", content_type.to_string()),
         ("cache-control", "no-store".to_string()),
         (
             "content-security-policy",
-            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-                .to_string(),
+            format!(
+                "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+                 form-action 'self' {app_origin}"
+            ),
         ),
         ("referrer-policy", "no-referrer".to_string()),
         ("x-content-type-options", "nosniff".to_string()),
@@ -398,7 +402,7 @@ mod tests {
 
     #[test]
     fn pages_carry_the_isolation_headers() {
-        let h = headers("text/html; charset=utf-8");
+        let h = headers("text/html; charset=utf-8", "https://app.example");
         let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
         assert!(get("content-security-policy").is_some_and(|v| v
             .starts_with("default-src 'self'")

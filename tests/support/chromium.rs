@@ -214,8 +214,8 @@ impl Chromium {
     }
 
     /// Enables WebAuthn virtual authenticators on the page and adds one (CTAP2, internal
-    /// transport, resident keys, user verification); returns its id.
-    pub async fn add_authenticator(&mut self, user_verified: bool) -> String {
+    /// transport, resident keys; with or without user verification); returns its id.
+    pub async fn add_authenticator(&mut self, user_verification: bool) -> String {
         self.call("WebAuthn.enable", json!({ "enableUI": false }))
             .await;
         let added = self
@@ -225,8 +225,8 @@ impl Chromium {
                     "protocol": "ctap2",
                     "transport": "internal",
                     "hasResidentKey": true,
-                    "hasUserVerification": true,
-                    "isUserVerified": user_verified,
+                    "hasUserVerification": user_verification,
+                    "isUserVerified": user_verification,
                     "automaticPresenceSimulation": true,
                 }}),
             )
