@@ -566,7 +566,8 @@ impl Gateway {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .or(req.uri.authority().map(|a| a.as_str()));
-        if browser.serves(host) {
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        if browser.serves(host, local) {
             // The confirmation origin never sees the app's session: nothing here reads it.
             let body = read_body(session, &req, browser::MAX_CEREMONY_BODY)
                 .await?

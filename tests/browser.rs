@@ -493,6 +493,32 @@ mod without_a_browser {
         assert_eq!(last_with(&audit, "rejected")["reason"], "nonce_expired");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_confirmation_listener_serves_the_confirmation_origin_and_nothing_of_the_app() {
+        let app = FormApp::start().await;
+        let own = support::free_port();
+        let yaml = config("required").replace(
+            "  hold_ttl: 120s\n",
+            &format!("  hold_ttl: 120s\n  listen: \"127.0.0.1:{own}\"\n"),
+        );
+        let _gateway = Gateway::start_at(&yaml, app.addr).await;
+        let base = format!("http://127.0.0.1:{own}");
+        let script = send(&format!("{base}/confirm/app.js"), "GET", &[], Bytes::new()).await;
+        assert_eq!(script.status, 200);
+        assert!(script
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/javascript")));
+        let app_page = send(
+            &format!("{base}/users"),
+            "GET",
+            &[("cookie", "sessionid=s1")],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(app_page.status, 404);
+        assert!(app.received().is_empty(), "nothing reached the app");
+    }
+
     #[test]
     fn the_confirmation_origin_must_differ_from_the_public_origin() {
         let yaml = config("required")

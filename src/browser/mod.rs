@@ -13,6 +13,7 @@ mod ceremony;
 pub mod hold;
 pub mod page;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,6 +82,8 @@ pub struct Browser {
     ceremonies: Ceremonies,
     /// `host[:port]` of the confirmation origin, as a `Host` header names it.
     authority: String,
+    /// The confirmation origin's own listener, when it has one.
+    listen: Option<SocketAddr>,
 }
 
 impl Browser {
@@ -96,7 +99,9 @@ impl Browser {
             Some(port) => format!("{}:{port}", config.origin.host),
             None => config.origin.host.clone(),
         };
+        let listen = config.listen.as_deref().and_then(|l| l.parse().ok());
         Ok(Browser {
+            listen,
             config,
             public_origin,
             store,
@@ -105,8 +110,12 @@ impl Browser {
         })
     }
 
-    /// Whether a request with this `Host` is for the confirmation origin.
-    pub fn serves(&self, host: Option<&str>) -> bool {
+    /// Whether a request is for the confirmation origin: it came in on the confirmation
+    /// listener, or its `Host` names the confirmation origin.
+    pub fn serves(&self, host: Option<&str>, local: Option<SocketAddr>) -> bool {
+        if self.listen.is_some() && local == self.listen {
+            return true;
+        }
         host.is_some_and(|h| {
             let h = h.trim().to_ascii_lowercase();
             let default = if self.config.origin.scheme == "https" {
