@@ -37,7 +37,12 @@ enum Command {
         config: PathBuf,
     },
     /// Start a sample legacy API and the gateway on loopback and walk a confirmation.
-    Demo,
+    Demo {
+        /// Instead, serve a sample legacy web UI and the confirmation origin until Ctrl-C, to
+        /// click through a passkey confirmation in a browser.
+        #[arg(long)]
+        browser: bool,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -143,7 +148,10 @@ fn run(command: Command) -> Result<(), String> {
             print_out(&out);
             Ok(())
         }
-        Command::Demo => demo::run(),
+        Command::Demo { browser: true } => {
+            countersign::browser::demo::run().map_err(|e| e.to_string())
+        }
+        Command::Demo { browser: false } => demo::run(),
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => match audit::verify(&file) {

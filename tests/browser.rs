@@ -542,3 +542,55 @@ mod without_a_browser {
         assert!(countersign::config::parse(&bad_uv, std::path::Path::new("t.yaml")).is_err());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_demo_can_be_clicked_through_with_a_passkey() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_countersign"))
+        .args(["demo", "--browser"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("demo starts");
+    let mut lines = BufReader::new(demo.stdout.take().expect("stdout")).lines();
+    let login = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(url) = line.trim().strip_prefix("Open") {
+                return url.split_whitespace().next().map(str::to_string);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the demo prints its URL")
+    .expect("a URL to open");
+    assert!(login.starts_with("http://127.0.0.1:") && login.ends_with("/login"));
+
+    let mut chromium = Chromium::start().await;
+    chromium.add_authenticator(true).await;
+    chromium.goto(&login).await;
+    chromium.click("#login").await;
+    chromium
+        .wait_for("document.getElementById('delete-2')")
+        .await;
+    chromium.click("#delete-2").await;
+    chromium
+        .wait_for("document.getElementById('confirm')")
+        .await;
+    chromium.click("#confirm").await;
+    chromium.wait_for("document.getElementById('done')").await;
+    let text = chromium.text().await;
+    assert!(
+        text.contains("Deleted user 2 (confirmed with your passkey)"),
+        "{text}"
+    );
+    let pid = demo.id().expect("demo pid").to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), demo.wait())
+        .await
+        .expect("the demo stops on Ctrl-C")
+        .expect("demo status");
+    assert!(status.success(), "{status}");
+}
