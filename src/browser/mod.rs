@@ -1,4 +1,4 @@
-//! Browser confirmations (docs/protocol.md, "Browser confirmations"): a person in a cookie-session
+//! Browser confirmations (README "Browser users"): a person in a cookie-session
 //! web UI cannot attach a DPoP proof, so a high-impact navigation is held in the store, confirmed on
 //! a separate confirmation origin with a WebAuthn passkey (W3C Web Authentication Level 3), and
 //! resumed on the app origin, where the held request is forwarded exactly once, as held.
