@@ -9,6 +9,8 @@ mod support;
 mod chromium;
 #[path = "support/form_app.rs"]
 mod form_app;
+#[path = "support/redis.rs"]
+mod redis_support;
 
 use chromium::Chromium;
 use form_app::FormApp;
@@ -53,8 +55,12 @@ struct World {
 
 impl World {
     async fn start(user_verification: &str) -> World {
+        World::start_with(&config(user_verification)).await
+    }
+
+    async fn start_with(yaml: &str) -> World {
         let app = FormApp::start().await;
-        let gateway = Gateway::start_at(&config(user_verification), app.addr).await;
+        let gateway = Gateway::start_at(yaml, app.addr).await;
         let chromium = Chromium::start().await;
         World {
             app,
@@ -194,6 +200,26 @@ async fn a_held_delete_is_confirmed_with_a_passkey_and_forwarded_once_at_its_own
     assert_eq!(w.app.received_at("POST", "/users/42/delete").len(), 2);
     let second = last_with(&w.audit_events(), "accepted");
     assert_eq!(second["credential_id"], accepted["credential_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_ceremonies_and_resumes_live_in_redis_when_the_store_is_redis() {
+    let redis = redis_support::RedisServer::start();
+    let yaml = format!(
+        "{}store: {{ kind: redis, url: \"{}\" }}\n",
+        config("required"),
+        redis.url()
+    );
+    let mut w = World::start_with(&yaml).await;
+    w.chromium.add_authenticator(true).await;
+    w.sign_in().await;
+    w.delete_and_wait_for_confirmation().await;
+    let held = redis_support::keys(&redis.url(), "countersign:record:*");
+    assert_eq!(held.len(), 1, "the hold is in Redis: {held:?}");
+    w.chromium.click("#confirm").await;
+    w.chromium.wait_for("document.getElementById('done')").await;
+    assert_eq!(w.app.received_at("POST", "/users/42/delete").len(), 1);
+    assert_eq!(last_with(&w.audit_events(), "accepted")["via"], "browser");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
