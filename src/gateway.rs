@@ -539,6 +539,12 @@ impl Gateway {
                     .rejections
                     .with_label_values(&[&record.route, reason])
                     .inc();
+                if reason == Reason::NonceReplay.as_str() {
+                    self.metrics
+                        .replays_blocked
+                        .with_label_values(&[&record.route])
+                        .inc();
+                }
             }
         }
         let mut head = ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;

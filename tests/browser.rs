@@ -409,6 +409,15 @@ async fn a_resume_link_works_once_and_only_in_the_session_that_held_the_action()
     assert_eq!(refusal_reason(&mut w.chromium).await, "replay");
     assert_eq!(w.app.received_at("POST", "/users/42/delete").len(), 1);
     assert_eq!(last_with(&w.audit_events(), "rejected")["reason"], "replay");
+    let metrics = w.gateway.metrics().await;
+    for line in [
+        r#"countersign_rejections_total{reason="session_mismatch",route="delete-user"} 1"#,
+        r#"countersign_requests_total{decision="accepted",route="delete-user"} 1"#,
+        r#"countersign_requests_total{decision="challenged",route="delete-user"} 2"#,
+        r#"countersign_requests_total{decision="rejected",route="delete-user"} 1"#,
+    ] {
+        support::assert_metric(&metrics, line);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -369,6 +369,27 @@ impl Browser {
         path: &str,
         user: Result<UserSession, Reason>,
     ) -> Result<Resumed, Answer> {
+        self.arrive_checked(cookie, path, user)
+            .await
+            .map_err(|mut refused| {
+                // A refused resume cookie is spent: the browser must not present it again.
+                refused.headers.push((
+                    "set-cookie",
+                    format!(
+                        "{RESUME_COOKIE}=; Path={}; Max-Age=0; HttpOnly; SameSite=Lax",
+                        cookie_path("", path)
+                    ),
+                ));
+                refused
+            })
+    }
+
+    async fn arrive_checked(
+        &self,
+        cookie: &str,
+        path: &str,
+        user: Result<UserSession, Reason>,
+    ) -> Result<Resumed, Answer> {
         let proven = self
             .take_proven("arrival", cookie)
             .await
