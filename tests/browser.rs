@@ -93,7 +93,7 @@ impl World {
         self.chromium.click("#delete").await;
         self.chromium
             .wait_for(
-                "document.getElementById('confirm') && location.pathname.startsWith('/confirm/')",
+                "document.querySelector('#confirm[data-ready]') && location.pathname.startsWith('/confirm/')",
             )
             .await;
     }
@@ -236,7 +236,7 @@ async fn a_200_kib_multipart_upload_reaches_the_app_byte_identical() {
         .await;
     w.chromium.click("#upload").await;
     w.chromium
-        .wait_for("document.getElementById('confirm')")
+        .wait_for("document.querySelector('#confirm[data-ready]')")
         .await;
     assert!(w
         .chromium
@@ -610,7 +610,7 @@ async fn the_browser_demo_can_be_clicked_through_with_a_passkey() {
         .await;
     chromium.click("#delete-2").await;
     chromium
-        .wait_for("document.getElementById('confirm')")
+        .wait_for("document.querySelector('#confirm[data-ready]')")
         .await;
     chromium.click("#confirm").await;
     chromium.wait_for("document.getElementById('done')").await;

@@ -56,8 +56,17 @@ pub struct Ceremonies {
     policy: UserVerificationPolicy,
 }
 
-fn passkey_key(session_id: &str) -> Key {
-    store::key("passkey", &[session_id.as_bytes()])
+/// Passkeys are stored under a random handle kept in the session's binding
+/// (`webauthn:{credential id}.{handle}`): a session id the app rotates on a confirmed response
+/// carries the binding, so it still finds its passkey, and a credential id (chosen by an
+/// authenticator, so by anyone) can never reach another session's stored key.
+fn passkey_key(handle: &str) -> Key {
+    store::key("passkey", &[handle.as_bytes()])
+}
+
+/// The credential id and passkey handle of a session's binding, when it is a passkey.
+fn passkey_binding(device: &str) -> Option<(&str, &str)> {
+    device.strip_prefix(PASSKEY_DEVICE)?.split_once('.')
 }
 
 impl Ceremonies {
@@ -124,7 +133,7 @@ impl Ceremonies {
                     Pending::Register(state),
                 )
             }
-            Some(device) if device.starts_with(PASSKEY_DEVICE) => {
+            Some(device) if passkey_binding(&device).is_some() => {
                 let builder = self
                     .core
                     .new_challenge_authenticate_builder(Vec::new(), Some(self.policy))
@@ -176,7 +185,8 @@ impl Ceremonies {
                     .register_credential(&response, &state, None)
                     .map_err(|e| (refusal(e), named.clone()))?;
                 let credential_id = URL_SAFE_NO_PAD.encode(credential.cred_id.as_ref());
-                let device = format!("{PASSKEY_DEVICE}{credential_id}");
+                let handle = super::hold::fresh_id();
+                let device = format!("{PASSKEY_DEVICE}{credential_id}.{handle}");
                 let named = Some(credential_id.clone());
                 match self
                     .store
@@ -187,7 +197,7 @@ impl Ceremonies {
                     Ok(Bind::Other) => return Err((Reason::DeviceMismatch, named)),
                     Err(e) => return Err((unavailable(e), named)),
                 }
-                self.save(&hold.session_id, &credential)
+                self.save(&handle, &credential)
                     .await
                     .map_err(|r| (r, named))?;
                 Ok(Proven {
@@ -205,18 +215,17 @@ impl Ceremonies {
                     .device(&session)
                     .await
                     .map_err(|e| (unavailable(e), None))?;
-                let expected = format!("{PASSKEY_DEVICE}{credential_id}");
-                let same = bound.is_some_and(|b| {
-                    bool::from(subtle::ConstantTimeEq::ct_eq(
-                        b.as_bytes(),
-                        expected.as_bytes(),
-                    ))
-                });
-                if !same {
+                let Some((bound_id, handle)) = bound.as_deref().and_then(passkey_binding) else {
+                    return Err((Reason::DeviceMismatch, named));
+                };
+                let same =
+                    subtle::ConstantTimeEq::ct_eq(bound_id.as_bytes(), credential_id.as_bytes());
+                if !bool::from(same) {
                     return Err((Reason::DeviceMismatch, named));
                 }
+                let handle = handle.to_string();
                 let mut credential = self
-                    .load(&hold.session_id)
+                    .load(&handle)
                     .await
                     .map_err(|r| (r, named.clone()))?
                     .ok_or((Reason::DeviceMismatch, named.clone()))?;
@@ -227,7 +236,7 @@ impl Ceremonies {
                     .map_err(|e| (refusal(e), named.clone()))?;
                 if result.needs_update() {
                     credential.counter = result.counter();
-                    self.save(&hold.session_id, &credential)
+                    self.save(&handle, &credential)
                         .await
                         .map_err(|r| (r, named))?;
                 }
@@ -239,18 +248,18 @@ impl Ceremonies {
         }
     }
 
-    async fn save(&self, session_id: &str, credential: &Credential) -> Result<(), Reason> {
+    async fn save(&self, handle: &str, credential: &Credential) -> Result<(), Reason> {
         let wire = serde_json::to_vec(credential).map_err(|_| Reason::StoreUnavailable)?;
         self.store
-            .put_record(&passkey_key(session_id), wire, self.binding_ttl)
+            .put_record(&passkey_key(handle), wire, self.binding_ttl)
             .await
             .map_err(unavailable)
     }
 
-    async fn load(&self, session_id: &str) -> Result<Option<Credential>, Reason> {
+    async fn load(&self, handle: &str) -> Result<Option<Credential>, Reason> {
         let wire = self
             .store
-            .get_record(&passkey_key(session_id))
+            .get_record(&passkey_key(handle))
             .await
             .map_err(unavailable)?;
         Ok(wire.and_then(|w| serde_json::from_slice(&w).ok()))

@@ -347,6 +347,7 @@ pub const SCRIPT: &str = r#""use strict";
       status.textContent = "The passkey step was cancelled or failed. Press Confirm to try again, or Cancel.";
     });
   });
+  button.setAttribute("data-ready", "1");
 })();
 "#;
 

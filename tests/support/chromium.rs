@@ -88,6 +88,18 @@ impl Chromium {
     }
 
     async fn send(&mut self, method: &str, params: Value, session: Option<String>) -> Value {
+        match self.try_send(method, params, session).await {
+            Ok(result) => result,
+            Err(error) => panic!("{method} failed: {error}"),
+        }
+    }
+
+    async fn try_send(
+        &mut self,
+        method: &str,
+        params: Value,
+        session: Option<String>,
+    ) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({ "id": id, "method": method, "params": params });
@@ -110,9 +122,9 @@ impl Chromium {
             let value: Value = serde_json::from_str(&text).expect("DevTools JSON");
             if value["id"].as_u64() == Some(id) {
                 if let Some(error) = value.get("error") {
-                    panic!("{method} failed: {error}");
+                    return Err(error.clone());
                 }
-                return value["result"].clone();
+                return Ok(value["result"].clone());
             }
         }
     }
@@ -127,15 +139,26 @@ impl Chromium {
         self.send(method, params, Some(session)).await
     }
 
-    /// Evaluates `expression` in the page (awaiting a promise) and returns its value.
+    /// Evaluates `expression` in the page (awaiting a promise) and returns its value; `null`
+    /// when the page navigated away while it ran.
     pub async fn eval(&mut self, expression: &str) -> Value {
-        let result = self
-            .call(
-                "Runtime.evaluate",
-                json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
-            )
-            .await;
-        result["result"]["value"].clone()
+        let session = self.session.clone();
+        let params =
+            json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
+        match self
+            .try_send("Runtime.evaluate", params, Some(session))
+            .await
+        {
+            Ok(result) => result["result"]["value"].clone(),
+            Err(error) => {
+                let message = error["message"].as_str().unwrap_or_default();
+                assert!(
+                    message.contains("navigated") || message.contains("context"),
+                    "Runtime.evaluate failed: {error}"
+                );
+                Value::Null
+            }
+        }
     }
 
     /// Opens `url` in the page.
