@@ -76,6 +76,12 @@ pub struct Record {
     pub duration_ms: Option<u64>,
     /// Request id (also in `Countersign-Request-Id`).
     pub request_id: Option<String>,
+    /// The passkey (base64url credential id) of a browser confirmation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    /// Whether the passkey verified the user (PIN, biometrics), on a browser confirmation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_verified: Option<bool>,
     /// The Cedar policies that determined the decision, when a policy is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policies: Option<Vec<String>>,

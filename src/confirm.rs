@@ -430,7 +430,8 @@ pub fn subject_mark(subject: &str) -> store::Key {
 }
 
 /// The store key of a session's device binding.
-fn binding_key(session_id: &str) -> store::Key {
+/// The store key of a session's device binding (a DPoP key or a passkey).
+pub fn binding_key(session_id: &str) -> store::Key {
     store::key("binding", &[session_id.as_bytes()])
 }
 

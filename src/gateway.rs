@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::admission;
 use crate::audit::{AuditLog, Event, Record};
+use crate::browser::{self, Browser};
 use crate::conditions::{self, Body, BodyKind, Fields};
 use crate::config::{Config, UpstreamScheme};
 use crate::confirm::{Challenge, Confirmation, Confirmer, Exchange, Outcome};
@@ -64,6 +65,7 @@ pub struct Gateway {
     algs: String,
     route_metrics: HashMap<String, RouteMetrics>,
     guard: policy::Guard,
+    browser: Option<Browser>,
 }
 
 /// Per-request state.
@@ -94,6 +96,8 @@ struct Confirmed<'a> {
     target: &'a str,
     body_hex: &'a str,
     body_sha256: &'a [u8; 32],
+    /// A `Set-Cookie` the response also carries (the spent browser resume cookie).
+    set_cookie: Option<&'a str>,
 }
 
 impl Gateway {
@@ -161,7 +165,20 @@ impl Gateway {
             config.risk.clone(),
             &config.session.groups_claim,
         );
+        let browser = match (&config.browser, &config.public_origin) {
+            (Some(b), Some(public)) => Some(
+                Browser::new(
+                    b.clone(),
+                    public.clone(),
+                    confirmer.store().clone(),
+                    config.session.binding_ttl,
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        };
         Ok(Gateway {
+            browser,
             guard,
             route_metrics,
             config,
@@ -437,6 +454,22 @@ impl Gateway {
         let external =
             Self::view(ctx).external_uri(self.config.public_origin.as_ref(), target.path());
         let htu = htu::normalize(&external);
+        // A browser navigation without a proof is held for a passkey instead.
+        let navigation = browser::is_navigation(&req.headers) && !req.headers.contains_key("dpop");
+        if let Some(browser) = self.browser.as_ref().filter(|_| navigation) {
+            let held = browser::Held {
+                route: &route.name,
+                method: req.method.as_str(),
+                target: &ctx.target,
+                url: Self::view(ctx).external_uri(self.config.public_origin.as_ref(), &ctx.target),
+                headers: &req.headers,
+                body: &body,
+                body_sha256: &body_hex,
+            };
+            let client_ip = ctx.peer.ip.map(|ip| ip.to_string());
+            let answer = browser.hold(held, &user, client_ip, record).await;
+            return self.answer(session, ctx, answer).await;
+        }
         let client_ip = policy::client_address(
             ctx.peer.ip,
             ctx.peer.trusted,
@@ -550,21 +583,9 @@ impl Gateway {
             }
         }
 
-        // 5. Audit before forwarding; fail closed.
-        record.event = Some(Event::Accepted);
-        record.confirmation_id = Some(confirmation.id.to_string());
+        // 5. Audit before forwarding; fail closed. 6. Forward.
         record.parent_id = confirmation.chain.as_ref().map(|c| c.root.clone());
         record.via = confirmation.chain.as_ref().map(|c| c.parent.clone());
-        record.device = Some(confirmation.jkt.clone());
-        if !self.write_audit(&record) {
-            return self
-                .refuse(session, ctx, record, Reason::AuditUnavailable, None)
-                .await;
-        }
-        tracing::info!(route = %route.name, confirmation_id = %confirmation.id, "accepted");
-        self.count(&route.name, Decision::Accepted);
-
-        // 6. Forward, then relay the response with its rewrites.
         let confirmed = Confirmed {
             req: &req,
             route: &route,
@@ -573,18 +594,211 @@ impl Gateway {
             target: &ctx.target,
             body_hex: &body_hex,
             body_sha256: &body_sha256,
+            set_cookie: None,
         };
+        self.forward_confirmed(session, ctx, record, confirmed, body)
+            .await
+    }
+
+    /// Forwards a confirmed request (a DPoP one, or a held one a passkey confirmed) after its
+    /// `accepted` record is written, and relays the response.
+    async fn forward_confirmed(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        mut record: Record,
+        confirmed: Confirmed<'_>,
+        body: Bytes,
+    ) -> pingora::Result<()> {
+        let (route, confirmation) = (confirmed.route, confirmed.confirmation);
+        record.event = Some(Event::Accepted);
+        record.confirmation_id = Some(confirmation.id.to_string());
+        record.device = Some(confirmation.jkt.clone());
+        if !self.write_audit(&record) {
+            return self
+                .refuse(session, ctx, record, Reason::AuditUnavailable, None)
+                .await;
+        }
+        tracing::info!(route = %route.name, confirmation_id = %confirmation.id, "accepted");
+        self.count(&route.name, Decision::Accepted);
         let upstream_req = self.confirmed_request(&confirmed, ctx)?;
         self.forward_buffered(
             session,
             ctx,
-            &route,
+            route,
             upstream_req,
             body,
             Some(&confirmed),
             record,
         )
         .await
+    }
+
+    /// Writes a browser step's answer and its audit record.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        answer: browser::Answer,
+    ) -> pingora::Result<()> {
+        if let Some(mut record) = answer.record {
+            record.request_id = Some(ctx.request_id.clone());
+            record.client_ip = record
+                .client_ip
+                .or_else(|| ctx.peer.ip.map(|ip| ip.to_string()));
+            let decision = match record.event {
+                Some(Event::Challenged) => Some(Decision::Challenged),
+                Some(Event::Rejected) => Some(Decision::Rejected),
+                _ => None,
+            };
+            self.write_audit(&record);
+            if let Some(decision) = decision {
+                self.count(&record.route, decision);
+            }
+            if let Some(reason) = record.reason.filter(|_| !record.route.is_empty()) {
+                self.metrics
+                    .rejections
+                    .with_label_values(&[&record.route, reason])
+                    .inc();
+                if reason == Reason::NonceReplay.as_str() {
+                    self.metrics
+                        .replays_blocked
+                        .with_label_values(&[&record.route])
+                        .inc();
+                }
+            }
+        }
+        let mut head = ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
+        for (name, value) in answer.headers {
+            head.append_header(name, value)?;
+        }
+        head.insert_header("content-length", answer.body.len())?;
+        head.insert_header("countersign-request-id", ctx.request_id.as_str())?;
+        session.write_response_header(Box::new(head), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(answer.body)), true)
+            .await
+    }
+
+    /// The browser confirmation steps that come before routing: the confirmation origin (by
+    /// `Host`), the resume endpoint, and the navigation that carries a resume cookie. True when
+    /// the request was answered.
+    async fn browser_step(&self, session: &mut Session, ctx: &RequestCtx) -> pingora::Result<bool> {
+        let Some(browser) = &self.browser else {
+            return Ok(false);
+        };
+        let req = session.req_header().clone();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri.authority().map(|a| a.as_str()));
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        if browser.serves(host, local) {
+            // The confirmation origin never sees the app's session: nothing here reads it.
+            let body = match read_body(session, &req, browser::MAX_CEREMONY_BODY).await? {
+                BodyRead::Complete(body) => body,
+                BodyRead::TooLarge | BodyRead::TimedOut => Bytes::new(),
+            };
+            let answer = browser
+                .confirmation_origin(req.method.as_str(), req.uri.path(), &body)
+                .await;
+            self.answer(session, ctx, answer).await?;
+            return Ok(true);
+        }
+        let user = || self.confirmer.session(&req.headers, ctx.peer.trusted);
+        if let Some(token) = browser.resume_token(req.uri.path()) {
+            let answer = browser.resume(token, user()).await;
+            self.answer(session, ctx, answer).await?;
+            return Ok(true);
+        }
+        let Some(cookie) = Browser::resume_cookie(&req.headers) else {
+            return Ok(false);
+        };
+        let resumed = match browser.arrive(&cookie, req.uri.path(), user()).await {
+            Ok(resumed) => resumed,
+            Err(answer) => {
+                self.answer(session, ctx, answer).await?;
+                return Ok(true);
+            }
+        };
+        let Ok(user) = user() else {
+            return Ok(false);
+        };
+        let hold = &resumed.hold;
+        let Some(route) = self
+            .config
+            .routes
+            .routes()
+            .iter()
+            .find(|r| r.name == hold.route)
+            .cloned()
+        else {
+            // The config changed under the hold: nothing to forward it to (fail closed).
+            let answer = browser.gone(resumed.record);
+            self.answer(session, ctx, answer).await?;
+            return Ok(true);
+        };
+        let mut held = RequestHeader::build(hold.method.as_str(), hold.target.as_bytes(), None)?;
+        for (name, value) in hold.headers() {
+            if let Ok(value) = http::HeaderValue::from_bytes(&value) {
+                held.append_header(name.to_string(), value)?;
+            }
+        }
+        let body = Bytes::from(hold.body());
+        let body_sha256: [u8; 32] = Sha256::digest(&body).into();
+        let confirmation = Confirmation {
+            id: Uuid::now_v7(),
+            jkt: resumed.device.clone(),
+            chain: None,
+            origin: None,
+        };
+        let mut record = resumed.record;
+        record.request_id = Some(ctx.request_id.clone());
+        // Policy and live risk apply to a passkey confirmation as to a DPoP one.
+        let client_ip = policy::client_address(
+            ctx.peer.ip,
+            ctx.peer.trusted,
+            &held.headers,
+            &self.config.trusted_proxies,
+        );
+        let facts = policy::Facts {
+            route: &route,
+            method: hold.method.as_str(),
+            target: &hold.target,
+            content_type: held
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            body: &body,
+            client_ip,
+            session: &user,
+            device: &confirmation.jkt,
+            origin: None,
+            now: std::time::SystemTime::now(),
+        };
+        match self.guard.decide(&facts) {
+            Ok(policies) => record.policies = Some(policies).filter(|p| !p.is_empty()),
+            Err(denial) => {
+                record.policies = Some(denial.policies);
+                self.refuse(session, ctx, record, denial.reason, None)
+                    .await?;
+                return Ok(true);
+            }
+        }
+        let confirmed = Confirmed {
+            req: &held,
+            route: &route,
+            user: &user,
+            confirmation: &confirmation,
+            target: &hold.target,
+            body_hex: &hold.body_sha256,
+            body_sha256: &body_sha256,
+            set_cookie: Some(&resumed.clear_cookie),
+        };
+        self.forward_confirmed(session, ctx, record, confirmed, body)
+            .await?;
+        Ok(true)
     }
 
     /// Observe mode: audits the request as `observed` with the reason it would have been
@@ -808,6 +1022,9 @@ impl Gateway {
     async fn finish_head(&self, pending: &mut Pending, c: &Confirmed<'_>, ctx: &RequestCtx) {
         let head = &mut pending.head;
         self.rewrite_urls(head, c.route, c.req, ctx);
+        if let Some(cookie) = c.set_cookie {
+            let _ = head.append_header("set-cookie", cookie);
+        }
         let _ = head.insert_header("countersign-confirmation-id", c.confirmation.id.to_string());
         let _ = head.insert_header("countersign-request-id", ctx.request_id.as_str());
 
@@ -1087,6 +1304,13 @@ impl ProxyHttp for Gateway {
         ctx.target = target.as_str().to_string();
         let req = session.req_header();
         ctx.view = Some(ClientView::of(&req.headers, &req.uri, ctx.peer));
+        if self
+            .browser_step(session, ctx)
+            .instrument(ctx.span.clone())
+            .await?
+        {
+            return Ok(true);
+        }
 
         // Routing, with the body when a route could depend on it.
         let reading = self.read_for_routing(session, &target).await?;

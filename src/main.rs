@@ -43,6 +43,10 @@ enum Command {
     /// Start a sample legacy API and the gateway on loopback and walk a confirmation; with
     /// --serve, keep both running for you to try.
     Demo {
+        /// Instead, serve a sample legacy web UI and the confirmation origin until Ctrl-C, to
+        /// click through a passkey confirmation in a browser.
+        #[arg(long, conflicts_with = "serve")]
+        browser: bool,
         /// Keep the sample API and the gateway running until Ctrl-C, and print where they are.
         #[arg(long)]
         serve: bool,
@@ -303,12 +307,16 @@ fn run(command: Command) -> Result<(), String> {
             print_out(&out);
             Ok(())
         }
+        Command::Demo { browser: true, .. } => {
+            countersign::browser::demo::run().map_err(|e| e.to_string())
+        }
         Command::Demo { serve: false, .. } => demo::run(),
         Command::Demo {
             serve: true,
             listen,
             metrics,
             audit,
+            ..
         } => demo::serve(demo::ServeOptions {
             listen,
             metrics,

@@ -58,6 +58,10 @@ pub enum Reason {
     ActionMismatch,
     /// The `jti` was already seen within the window.
     JtiReplay,
+    /// A browser confirmation's passkey did not verify the user, and verification is required.
+    UserVerificationRequired,
+    /// The person cancelled a browser confirmation.
+    Cancelled,
     /// The replay store could not answer: fail closed.
     StoreUnavailable,
     /// The `accepted` audit record could not be written: fail closed.
@@ -100,6 +104,8 @@ impl Reason {
             Reason::NonceExpired => "nonce_expired",
             Reason::NonceReplay | Reason::JtiReplay => "replay",
             Reason::ActionMismatch => "action_mismatch",
+            Reason::UserVerificationRequired => "user_verification_required",
+            Reason::Cancelled => "cancelled",
             Reason::StoreUnavailable => "store_unavailable",
             Reason::AuditUnavailable => "audit_unavailable",
             Reason::SessionRevoked => "session_revoked",
@@ -191,6 +197,8 @@ impl Reason {
             Reason::NonceReplay => "nonce already used: sign the action with this nonce",
             Reason::ActionMismatch => "nonce was issued for another action: use this nonce",
             Reason::JtiReplay => "DPoP proof jti was already used",
+            Reason::UserVerificationRequired => "the passkey did not verify the user",
+            Reason::Cancelled => "the confirmation was cancelled",
             Reason::StoreUnavailable => "replay store unavailable; high-impact actions are paused",
             Reason::AuditUnavailable => "audit log unavailable; high-impact actions are paused",
             Reason::SessionRevoked => "this session was revoked; sign in again",

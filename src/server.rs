@@ -271,6 +271,9 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "countersign");
     proxy.add_tcp(&config.listen);
+    if let Some(listen) = config.browser.as_ref().and_then(|b| b.listen.as_ref()) {
+        proxy.add_tcp(listen);
+    }
     server.add_service(proxy);
     if let Some(m) = &config.metrics {
         let ops = Operations {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use countersign::store::{
-    Bind, Chain, Key, MemoryStore, NonceRecord, RedisStore, ReplayStore, Take,
+    Bind, Chain, Key, MemoryStore, NonceRecord, RedisStore, ReplayStore, Take, Taken,
 };
 use redis_support::{keys, query, RedisCluster, RedisSentinel, RedisServer};
 
@@ -46,6 +46,9 @@ const SUITE: &[(&str, Case)] = cases![
     a_binding_expires_and_can_then_be_taken_by_another_device,
     of_64_concurrent_takes_exactly_one_consumes,
     issued_nonces_are_counted_until_consumed,
+    a_record_is_read_then_taken_once_then_reads_as_used,
+    a_record_expires_at_its_ttl,
+    of_64_concurrent_record_takes_exactly_one_gets_the_value,
     ping_answers,
     the_first_origin_of_a_session_holds,
     a_revocation_mark_moves_forward_only,
@@ -279,6 +282,50 @@ async fn of_64_concurrent_takes_exactly_one_consumes(s: Store) {
     assert_eq!((consumed, used), (1, 63));
 }
 
+async fn a_record_is_read_then_taken_once_then_reads_as_used(s: Store) {
+    let k = key();
+    let held: Vec<u8> = (0..=255u8).cycle().take(200 * 1024).collect();
+    assert_eq!(s.take_record(&k).await.expect("take"), Taken::Unknown);
+    s.put_record(&k, held.clone(), LONG).await.expect("put");
+    assert_eq!(s.get_record(&k).await.expect("get"), Some(held.clone()));
+    assert_eq!(s.take_record(&k).await.expect("take"), Taken::Value(held));
+    assert_eq!(s.take_record(&k).await.expect("take"), Taken::Used);
+    assert_eq!(s.get_record(&k).await.expect("get"), None);
+}
+
+async fn a_record_expires_at_its_ttl(s: Store) {
+    let k = key();
+    s.put_record(&k, b"hold".to_vec(), SHORT)
+        .await
+        .expect("put");
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(s.get_record(&k).await.expect("get"), None);
+    assert_eq!(s.take_record(&k).await.expect("take"), Taken::Unknown);
+}
+
+async fn of_64_concurrent_record_takes_exactly_one_gets_the_value(s: Store) {
+    let k = key();
+    s.put_record(&k, b"hold".to_vec(), LONG).await.expect("put");
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.take_record(&k).await })
+        })
+        .collect();
+    let (mut won, mut used) = (0, 0);
+    for task in tasks {
+        match task.await.expect("task").expect("take_record") {
+            Taken::Value(v) => {
+                assert_eq!(v, b"hold");
+                won += 1
+            }
+            Taken::Used => used += 1,
+            Taken::Unknown => panic!("a stored record read as unknown"),
+        }
+    }
+    assert_eq!((won, used), (1, 63));
+}
+
 async fn issued_nonces_are_counted_until_consumed(s: Store) {
     let act = action();
     let nonces = [key(), key(), key()];
@@ -326,6 +373,10 @@ async fn keys_are_hashed_and_expire(store: Store, nodes: &[String]) {
         .expect("origin");
     let mark = countersign::store::key("revoked-subject", &[raw.as_bytes()]);
     store.revoke(&mark, 1, LONG).await.expect("revoke");
+    store
+        .put_record(&session, raw.as_bytes().to_vec(), LONG)
+        .await
+        .expect("record");
 
     let mut found = Vec::new();
     for node in nodes {
@@ -336,7 +387,7 @@ async fn keys_are_hashed_and_expire(store: Store, nodes: &[String]) {
             found.push(name);
         }
     }
-    let kinds = ["nonce", "jti", "binding", "origin", "revoked"];
+    let kinds = ["nonce", "jti", "binding", "origin", "revoked", "record"];
     for kind in kinds {
         assert!(
             found

@@ -19,9 +19,9 @@ use serde::Deserialize;
 use serde_path_to_error::Segment;
 
 use super::{
-    AuditConfig, Config, ConfigError, ConfirmationConfig, CookieJwtSubject, JwtKeys, LogConfig,
-    MetricsConfig, ProvenanceConfig, PublicOrigin, ServerConfig, SessionConfig, SessionKind,
-    StoreConfig, Upstream, UpstreamScheme,
+    AuditConfig, BrowserConfig, Config, ConfigError, ConfirmationConfig, CookieJwtSubject, JwtKeys,
+    LogConfig, MetricsConfig, ProvenanceConfig, PublicOrigin, ServerConfig, SessionConfig,
+    SessionKind, StoreConfig, Upstream, UpstreamScheme, UserVerification,
 };
 use std::sync::Arc;
 
@@ -512,6 +512,7 @@ struct FileConfig {
     audit: Option<FileAudit>,
     server: Option<FileServer>,
     log: Option<FileLog>,
+    browser: Option<FileBrowser>,
     policy: Option<FilePolicy>,
     risk: Option<FileRisk2>,
     routes: Vec<FileRoute>,
@@ -557,6 +558,81 @@ struct FileRisk2 {
 struct FileRequire {
     acr: Option<Vec<String>>,
     max_age: Option<Parsed<Duration>>,
+}
+
+/// `browser:`: confirmations by people in a browser, on a separate origin.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { origin: \"https://confirm.admin.example.com\" }"
+)]
+struct FileBrowser {
+    origin: Parsed<PublicOrigin>,
+    listen: Option<Parsed<SocketAddr>>,
+    rp_id: Option<String>,
+    user_verification: Option<FileUserVerification>,
+    hold_ttl: Option<Parsed<Duration>>,
+}
+
+/// `browser.user_verification`.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum FileUserVerification {
+    Required,
+    Preferred,
+}
+
+impl FileBrowser {
+    fn validate(self, public_origin: Option<&PublicOrigin>) -> Result<BrowserConfig, Invalid> {
+        let Parsed(origin) = self.origin;
+        if !origin.prefix.is_empty() {
+            return invalid(
+                "browser.origin",
+                "must be an origin without a path, like https://confirm.admin.example.com",
+            );
+        }
+        match public_origin {
+            None => {
+                return invalid(
+                    "browser.origin",
+                    "needs public_origin: the confirmation returns the browser to the app there",
+                )
+            }
+            Some(public) if public.origin() == origin.origin() => {
+                return invalid(
+                    "browser.origin",
+                    "must differ from public_origin: a script in the app must not reach the \
+                     confirmation page; use another host, e.g. confirm.admin.example.com",
+                )
+            }
+            Some(_) => {}
+        }
+        let rp_id = match self.rp_id {
+            None => origin.host.clone(),
+            Some(rp_id) => {
+                let rp_id = rp_id.to_ascii_lowercase();
+                // WebAuthn §5.1.4: the RP id is the origin's host or a registrable suffix of it.
+                let host = &origin.host;
+                if rp_id.is_empty() || !(host == &rp_id || host.ends_with(&format!(".{rp_id}"))) {
+                    return invalid(
+                        "browser.rp_id",
+                        format!("must be {host} or a parent domain of it"),
+                    );
+                }
+                rp_id
+            }
+        };
+        Ok(BrowserConfig {
+            origin,
+            listen: self.listen.map(|Parsed(a)| a.to_string()),
+            rp_id,
+            user_verification: match self.user_verification {
+                None | Some(FileUserVerification::Required) => UserVerification::Required,
+                Some(FileUserVerification::Preferred) => UserVerification::Preferred,
+            },
+            hold_ttl: positive("browser.hold_ttl", self.hold_ttl, DEFAULT_HOLD_TTL)?,
+        })
+    }
 }
 
 /// `metrics:`.
@@ -1053,10 +1129,15 @@ impl FileConfig {
                 Some(Arc::new(engine))
             }
         };
+        let public_origin = self.public_origin.map(|Parsed(o)| o);
+        let browser = match self.browser {
+            Some(b) => Some(b.validate(public_origin.as_ref())?),
+            None => None,
+        };
         Ok(Config {
             source: file.to_path_buf(),
             listen: self.listen.0.to_string(),
-            public_origin: self.public_origin.map(|Parsed(o)| o),
+            public_origin,
             trusted_proxies,
             metrics: self.metrics.map(|m| MetricsConfig {
                 listen: m.listen.0.to_string(),
@@ -1075,6 +1156,7 @@ impl FileConfig {
             log,
             policy,
             risk,
+            browser,
         })
     }
 }
@@ -1088,6 +1170,7 @@ const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
 const DEFAULT_CONTINUATION_TTL: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_BODY: usize = 1 << 20;
 const DEFAULT_ALGS: [ProofAlg; 2] = [ProofAlg::Es256, ProofAlg::EdDsa];
+const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(120);
 const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long SIGTERM lets in-flight requests finish before the runtimes stop.

@@ -76,6 +76,32 @@ pub struct Config {
     pub policy: Option<std::sync::Arc<crate::policy::Engine>>,
     /// Live risk settings (`risk:`).
     pub risk: crate::policy::RiskConfig,
+    /// Browser confirmations; `None` keeps every high-impact route on the DPoP exchange.
+    pub browser: Option<BrowserConfig>,
+}
+
+/// `browser:`: where people confirm with a passkey.
+#[derive(Debug, Clone)]
+pub struct BrowserConfig {
+    /// The confirmation origin; never the app's origin.
+    pub origin: PublicOrigin,
+    /// A listener of its own, else the main listener serves it by `Host`.
+    pub listen: Option<String>,
+    /// WebAuthn relying-party id.
+    pub rp_id: String,
+    /// Whether the ceremony must carry user verification.
+    pub user_verification: UserVerification,
+    /// How long a held action waits for its confirmation.
+    pub hold_ttl: Duration,
+}
+
+/// `browser.user_verification`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserVerification {
+    /// No UV flag, no confirmation.
+    Required,
+    /// UV asked for, its absence tolerated.
+    Preferred,
 }
 
 /// `public_origin`: scheme, host, port and an optional path prefix an outer proxy strips.

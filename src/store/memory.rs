@@ -18,9 +18,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use subtle::ConstantTimeEq;
 
-use super::{Bind, Chain, Key, NonceRecord, ReplayStore, StoreError, Take};
+use super::{Bind, Chain, Key, NonceRecord, ReplayStore, StoreError, Take, Taken};
 
 const SHARDS: usize = 64;
+/// The most bytes records (held requests, ceremonies) may take together: held bodies are up to
+/// `confirmation.max_body` each, so the entry bound alone would not bound memory.
+const RECORD_BYTES_MAX: u64 = 256 << 20;
 /// How often a shard in use is swept of expired entries.
 const SWEEP_EVERY_MS: u64 = 1_000;
 /// How often a full store looks for expired entries to make room.
@@ -52,8 +55,15 @@ struct Binding {
     expires: Millis,
 }
 
+struct Stored {
+    /// `None` once consumed: a tombstone until it would have expired.
+    value: Option<Box<[u8]>>,
+    expires: Millis,
+}
+
 #[derive(Default)]
 struct Shard {
+    records: HashMap<Key, Stored>,
     nonces: HashMap<Key, Nonce>,
     jtis: HashMap<Key, Millis>,
     bindings: HashMap<Key, Binding>,
@@ -71,6 +81,7 @@ struct Shard {
 struct Swept {
     entries: u64,
     open_nonces: u64,
+    record_bytes: u64,
 }
 
 impl Shard {
@@ -106,10 +117,20 @@ impl Shard {
         self.bindings.retain(|_, b| live(b.expires));
         self.origins.retain(|_, o| live(o.2));
         self.revoked.retain(|_, r| live(r.1));
+        let mut record_bytes = 0;
+        self.records.retain(|_, r| {
+            let keep = live(r.expires);
+            if !keep {
+                record_bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
+            }
+            keep
+        });
+        swept.record_bytes = record_bytes;
         self.next_expiry = next;
         shrink(&mut self.nonces);
         shrink(&mut self.jtis);
         shrink(&mut self.bindings);
+        shrink(&mut self.records);
         swept
     }
 }
@@ -141,6 +162,8 @@ pub struct MemoryStore {
     /// When every shard was last swept to make room, or to count outstanding nonces.
     swept_when_full: AtomicU64,
     swept_for_count: AtomicU64,
+    /// Bytes of record values held: never more than `RECORD_BYTES_MAX`.
+    record_bytes: AtomicU64,
 }
 
 impl MemoryStore {
@@ -154,6 +177,7 @@ impl MemoryStore {
             outstanding: AtomicU64::new(0),
             swept_when_full: AtomicU64::new(0),
             swept_for_count: AtomicU64::new(0),
+            record_bytes: AtomicU64::new(0),
         }
     }
 
@@ -183,6 +207,8 @@ impl MemoryStore {
             self.entries.fetch_sub(swept.entries, Ordering::AcqRel);
             self.outstanding
                 .fetch_sub(swept.open_nonces, Ordering::Relaxed);
+            self.record_bytes
+                .fetch_sub(swept.record_bytes, Ordering::AcqRel);
         }
         shard
     }
@@ -227,6 +253,23 @@ impl MemoryStore {
 
     fn unreserve(&self) {
         self.entries.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Reserves `n` bytes of record values; `Full` above `RECORD_BYTES_MAX`.
+    fn reserve_bytes(&self, n: u64) -> Result<(), StoreError> {
+        self.record_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held + n <= RECORD_BYTES_MAX).then_some(held + n)
+            })
+            .map(drop)
+            .map_err(|_| StoreError::Full)
+    }
+
+    fn release_bytes(&self, value: Option<&[u8]>) {
+        if let Some(v) = value {
+            self.record_bytes
+                .fetch_sub(v.len() as u64, Ordering::AcqRel);
+        }
     }
 }
 
@@ -434,6 +477,54 @@ impl ReplayStore for MemoryStore {
         Ok(shard.revoked.get(mark).filter(|r| r.1 > now).map(|r| r.0))
     }
 
+    async fn put_record(&self, key: &Key, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
+        self.reserve()?;
+        if let Err(full) = self.reserve_bytes(value.len() as u64) {
+            self.unreserve();
+            return Err(full);
+        }
+        let now = self.now();
+        let expires = self.expiry(now, ttl);
+        let mut shard = self.shard(key, now);
+        shard.note_expiry(expires);
+        let stored = Stored {
+            value: Some(value.into_boxed_slice()),
+            expires,
+        };
+        if let Some(old) = shard.records.insert(*key, stored) {
+            drop(shard);
+            // The key already had its slot.
+            self.unreserve();
+            self.release_bytes(old.value.as_deref());
+        }
+        Ok(())
+    }
+
+    async fn get_record(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        let now = self.now();
+        let shard = self.shard(key, now);
+        Ok(shard
+            .records
+            .get(key)
+            .filter(|r| r.expires > now)
+            .and_then(|r| r.value.as_deref())
+            .map(<[u8]>::to_vec))
+    }
+
+    async fn take_record(&self, key: &Key) -> Result<Taken, StoreError> {
+        let now = self.now();
+        let mut shard = self.shard(key, now);
+        let Some(stored) = shard.records.get_mut(key).filter(|r| r.expires > now) else {
+            return Ok(Taken::Unknown);
+        };
+        let Some(value) = stored.value.take() else {
+            return Ok(Taken::Used);
+        };
+        drop(shard);
+        self.release_bytes(Some(&value));
+        Ok(Taken::Value(value.into_vec()))
+    }
+
     fn outstanding_nonces(&self) -> u64 {
         self.sweep_all(&self.swept_for_count, SWEEP_EVERY_MS);
         self.outstanding.load(Ordering::Relaxed)
@@ -464,6 +555,49 @@ mod tests {
 
     fn nonce(i: u64) -> Key {
         super::super::key("nonce", &[&i.to_be_bytes()])
+    }
+
+    #[tokio::test]
+    async fn a_record_is_taken_once_and_then_reads_as_used() {
+        let store = MemoryStore::new(10);
+        let key = nonce(1);
+        assert_eq!(store.take_record(&key).await.unwrap(), Taken::Unknown);
+        store
+            .put_record(&key, b"held".to_vec(), MINUTE)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_record(&key).await.unwrap().as_deref(),
+            Some(&b"held"[..])
+        );
+        assert_eq!(
+            store.take_record(&key).await.unwrap(),
+            Taken::Value(b"held".to_vec())
+        );
+        assert_eq!(store.take_record(&key).await.unwrap(), Taken::Used);
+        assert_eq!(store.get_record(&key).await.unwrap(), None);
+        assert_eq!(store.record_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn records_are_bounded_by_bytes_as_well_as_by_entries() {
+        let store = MemoryStore::new(1_000);
+        let big = vec![0u8; (RECORD_BYTES_MAX / 2) as usize];
+        store
+            .put_record(&nonce(1), big.clone(), MINUTE)
+            .await
+            .unwrap();
+        store
+            .put_record(&nonce(2), big.clone(), MINUTE)
+            .await
+            .unwrap();
+        let refused = store.put_record(&nonce(3), vec![0u8; 1], MINUTE).await;
+        assert!(matches!(refused, Err(StoreError::Full)));
+        store.take_record(&nonce(1)).await.unwrap();
+        store
+            .put_record(&nonce(3), vec![0u8; 1], MINUTE)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -72,6 +72,17 @@ pub enum Bind {
     Other,
 }
 
+/// The outcome of consuming a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// Consumed now by this caller: the record's value.
+    Value(Vec<u8>),
+    /// Already consumed (kept as a tombstone until it would have expired).
+    Used,
+    /// Never stored, or expired.
+    Unknown,
+}
+
 /// The store could not answer; high-impact routes fail closed on it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -125,6 +136,13 @@ pub trait ReplayStore: Send + Sync {
     async fn revoke(&self, mark: &Key, at: u64, ttl: Duration) -> Result<(), StoreError>;
     /// When `mark` was revoked, if it was.
     async fn revoked(&self, mark: &Key) -> Result<Option<u64>, StoreError>;
+    /// Stores an opaque record (a held request, a ceremony, a resume token) for `ttl`,
+    /// replacing one under the same key.
+    async fn put_record(&self, key: &Key, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError>;
+    /// Reads a record without consuming it; a consumed one reads as absent.
+    async fn get_record(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Consumes a record in one atomic step: of N concurrent takers exactly one gets the value.
+    async fn take_record(&self, key: &Key) -> Result<Taken, StoreError>;
     /// Nonces issued and neither consumed nor expired (approximate).
     fn outstanding_nonces(&self) -> u64;
     /// Whether the backend answers now.

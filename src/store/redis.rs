@@ -36,7 +36,7 @@ use moka::Expiry;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Mutex;
 
-use super::{Bind, Chain, Key, NonceRecord, ReplayStore, StoreError, Take};
+use super::{Bind, Chain, Key, NonceRecord, ReplayStore, StoreError, Take, Taken};
 
 /// Connection attempts may take longer than one operation's budget: a connection that is slow
 /// to open still gets established while the operations that wait for it fail closed.
@@ -79,6 +79,20 @@ return {1, opt(f[3]), opt(f[4])}
 
 /// Binds a device on first use: `KEYS[1]` the session, `ARGV[1]` the key thumbprint, `ARGV[2]`
 /// the TTL in ms. Answers 0 new, 1 same, 2 other.
+/// Consumes a record, leaving an empty tombstone for the rest of its TTL so that a second take
+/// reads as used. Returns {1, value} | {2, ''} used | {0, ''} unknown.
+static TAKE_RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('GET', KEYS[1])
+if not v then return {0, ''} end
+if v == '' then return {2, ''} end
+redis.call('SET', KEYS[1], '', 'KEEPTTL')
+return {1, v}
+",
+    )
+});
+
 static BIND_DEVICE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -340,6 +354,33 @@ impl ReplayStore for RedisStore {
         cmd.arg(key);
         let at: Option<String> = self.call(Request::Command(cmd)).await?;
         Ok(at.and_then(|a| a.parse().ok()))
+    }
+
+    async fn put_record(&self, key: &Key, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(redis_key("record", key))
+            .arg(value)
+            .arg("PX")
+            .arg(millis(ttl));
+        self.call::<String>(Request::Command(cmd)).await.map(drop)
+    }
+
+    async fn get_record(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(redis_key("record", key));
+        let value: Option<Vec<u8>> = self.call(Request::Command(cmd)).await?;
+        // An empty value is the tombstone of a consumed record.
+        Ok(value.filter(|v| !v.is_empty()))
+    }
+
+    async fn take_record(&self, key: &Key) -> Result<Taken, StoreError> {
+        let invocation = TAKE_RECORD.key(redis_key("record", key));
+        let (outcome, value): (i64, Vec<u8>) = self.call(Request::Script(invocation)).await?;
+        Ok(match outcome {
+            1 => Taken::Value(value),
+            2 => Taken::Used,
+            _ => Taken::Unknown,
+        })
     }
 
     /// Nonces this replica issued that it has not seen consumed and that have not expired: a

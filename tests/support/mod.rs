@@ -193,7 +193,8 @@ pub fn free_port() -> u16 {
 
 impl Gateway {
     /// Starts a gateway whose config is `body` (upstreams, session, routes, ...) with `listen`,
-    /// `metrics`, `audit` and `server` filled in; `{upstream}` is replaced by the upstream address.
+    /// `metrics`, `audit` and `server` filled in; `{upstream}` is replaced by the upstream address
+    /// and `{port}` by the gateway's own port.
     pub async fn start(body: &str, upstream: &Upstream) -> Gateway {
         Gateway::start_at(body, upstream.addr).await
     }
@@ -207,6 +208,7 @@ impl Gateway {
             "listen: \"127.0.0.1:{port}\"\nmetrics: {{ listen: \"127.0.0.1:{metrics_port}\" }}\naudit: {{ path: \"{}\" }}\nserver: {{ threads: 2, shutdown_timeout: 1s }}\n{}",
             audit_path.display(),
             body.replace("{upstream}", &upstream.to_string())
+                .replace("{port}", &port.to_string())
         );
         let config = countersign::config::parse(&yaml, Path::new("test.yaml"))
             .expect("test config is valid");

@@ -1,0 +1,287 @@
+//! The WebAuthn ceremony of a held action, through `webauthn-rs-core` (W3C Web Authentication
+//! Level 3 §7): the challenge and its state live in the store under the hold, taken once; the first
+//! passkey of a session binds to it like a first DPoP key, later ones must be that passkey.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use webauthn_rs_core::error::WebauthnError;
+use webauthn_rs_core::proto::{
+    AuthenticationState, Credential, PublicKeyCredential, RegisterPublicKeyCredential,
+    RegistrationState, UserVerificationPolicy,
+};
+use webauthn_rs_core::WebauthnCore;
+
+use crate::config::{BrowserConfig, UserVerification};
+use crate::confirm::binding_key;
+use crate::reason::Reason;
+use crate::store::{self, Bind, Key, ReplayStore, Taken};
+
+use super::hold::{self, Hold};
+
+/// The binding prefix that marks a session's device as a passkey.
+const PASSKEY_DEVICE: &str = "webauthn:";
+/// How long the browser waits for the authenticator.
+const AUTHENTICATOR_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The confirmation origin cannot be used as a WebAuthn origin.
+#[derive(Debug, thiserror::Error)]
+#[error("browser.origin {0} is not a URL WebAuthn accepts")]
+pub struct CeremonyError(String);
+
+/// A ceremony under way, as stored.
+#[derive(Serialize, Deserialize)]
+enum Pending {
+    Register(RegistrationState),
+    Authenticate(AuthenticationState),
+}
+
+/// A finished ceremony.
+pub struct Proven {
+    /// base64url credential id.
+    pub credential_id: String,
+    /// Whether the authenticator verified the user.
+    pub user_verified: bool,
+}
+
+/// Runs ceremonies for held actions.
+pub struct Ceremonies {
+    core: WebauthnCore,
+    store: Arc<dyn ReplayStore>,
+    binding_ttl: Duration,
+    policy: UserVerificationPolicy,
+}
+
+/// Passkeys are stored under a random handle kept in the session's binding
+/// (`webauthn:{credential id}.{handle}`): a session id the app rotates on a confirmed response
+/// carries the binding, so it still finds its passkey, and a credential id (chosen by an
+/// authenticator, so by anyone) can never reach another session's stored key.
+fn passkey_key(handle: &str) -> Key {
+    store::key("passkey", &[handle.as_bytes()])
+}
+
+/// The credential id and passkey handle of a session's binding, when it is a passkey.
+fn passkey_binding(device: &str) -> Option<(&str, &str)> {
+    device.strip_prefix(PASSKEY_DEVICE)?.split_once('.')
+}
+
+impl Ceremonies {
+    /// Ceremonies for the configured relying party.
+    pub fn new(
+        config: &BrowserConfig,
+        store: Arc<dyn ReplayStore>,
+        binding_ttl: Duration,
+    ) -> Result<Ceremonies, CeremonyError> {
+        let origin = config.origin.origin();
+        let url = url::Url::parse(&origin).map_err(|_| CeremonyError(origin.clone()))?;
+        let core = WebauthnCore::new_unsafe_experts_only(
+            "countersign",
+            &config.rp_id,
+            vec![url],
+            AUTHENTICATOR_TIMEOUT,
+            Some(false),
+            Some(false),
+        );
+        Ok(Ceremonies {
+            core,
+            store,
+            binding_ttl,
+            policy: match config.user_verification {
+                UserVerification::Required => UserVerificationPolicy::Required,
+                UserVerification::Preferred => UserVerificationPolicy::Preferred,
+            },
+        })
+    }
+
+    /// Starts the ceremony of hold `id`: `get` for a session with a passkey, `create` for one with
+    /// none. The options the browser gets.
+    pub async fn begin(&self, id: &str, hold: &Hold, remaining: Duration) -> Result<Value, Reason> {
+        let device = self
+            .store
+            .device(&binding_key(&hold.session_id))
+            .await
+            .map_err(unavailable)?;
+        let (answer, pending) = match device {
+            None => {
+                let user_id = rand::random::<[u8; 16]>();
+                let builder = self
+                    .core
+                    .new_challenge_register_builder(
+                        &user_id,
+                        &format!("session {}", hold.session_hash),
+                        "countersign session",
+                    )
+                    .map_err(refusal)?
+                    .user_verification_policy(self.policy)
+                    // Discoverable, so a later `get` names the passkey the person chose.
+                    .require_resident_key(true);
+                let (mut options, state) = self
+                    .core
+                    .generate_challenge_register(builder)
+                    .map_err(refusal)?;
+                // Ask for verification without letting the browser refuse on its own: the gateway
+                // enforces the policy on the response, so a refusal is recorded with its reason.
+                if let Some(selection) = options.public_key.authenticator_selection.as_mut() {
+                    selection.user_verification = UserVerificationPolicy::Preferred;
+                }
+                (
+                    json!({ "mode": "create", "options": options }),
+                    Pending::Register(state),
+                )
+            }
+            Some(device) if passkey_binding(&device).is_some() => {
+                let builder = self
+                    .core
+                    .new_challenge_authenticate_builder(Vec::new(), Some(self.policy))
+                    .map_err(refusal)?;
+                let (mut options, state) = self
+                    .core
+                    .generate_challenge_authenticate(builder)
+                    .map_err(refusal)?;
+                options.public_key.user_verification = UserVerificationPolicy::Preferred;
+                options.mediation = None;
+                (
+                    json!({ "mode": "get", "options": options }),
+                    Pending::Authenticate(state),
+                )
+            }
+            // Bound to a DPoP key: that device confirms, not a passkey.
+            Some(_) => return Err(Reason::DeviceMismatch),
+        };
+        let wire = serde_json::to_vec(&pending).map_err(|_| Reason::StoreUnavailable)?;
+        self.store
+            .put_record(&hold::key("ceremony", id), wire, remaining)
+            .await
+            .map_err(unavailable)?;
+        Ok(answer)
+    }
+
+    /// Verifies the browser's answer for hold `id`; the refusal names the credential when known.
+    pub async fn finish(
+        &self,
+        id: &str,
+        hold: &Hold,
+        body: &[u8],
+    ) -> Result<Proven, (Reason, Option<String>)> {
+        let pending = match self.store.take_record(&hold::key("ceremony", id)).await {
+            Ok(Taken::Value(wire)) => serde_json::from_slice::<Pending>(&wire)
+                .map_err(|_| (Reason::NonceExpired, None))?,
+            Ok(Taken::Used) => return Err((Reason::NonceReplay, None)),
+            Ok(Taken::Unknown) => return Err((Reason::NonceExpired, None)),
+            Err(e) => return Err((unavailable(e), None)),
+        };
+        let session = binding_key(&hold.session_id);
+        match pending {
+            Pending::Register(state) => {
+                let response: RegisterPublicKeyCredential =
+                    serde_json::from_slice(body).map_err(|_| (Reason::Malformed, None))?;
+                let named = Some(URL_SAFE_NO_PAD.encode(response.raw_id.as_ref()));
+                let credential = self
+                    .core
+                    .register_credential(&response, &state, None)
+                    .map_err(|e| (refusal(e), named.clone()))?;
+                let credential_id = URL_SAFE_NO_PAD.encode(credential.cred_id.as_ref());
+                let handle = super::hold::fresh_id();
+                let device = format!("{PASSKEY_DEVICE}{credential_id}.{handle}");
+                let named = Some(credential_id.clone());
+                match self
+                    .store
+                    .bind_device(&session, &device, self.binding_ttl)
+                    .await
+                {
+                    Ok(Bind::New | Bind::Same) => {}
+                    Ok(Bind::Other) => return Err((Reason::DeviceMismatch, named)),
+                    Err(e) => return Err((unavailable(e), named)),
+                }
+                self.save(&handle, &credential)
+                    .await
+                    .map_err(|r| (r, named))?;
+                Ok(Proven {
+                    credential_id,
+                    user_verified: credential.user_verified,
+                })
+            }
+            Pending::Authenticate(mut state) => {
+                let response: PublicKeyCredential =
+                    serde_json::from_slice(body).map_err(|_| (Reason::Malformed, None))?;
+                let credential_id = URL_SAFE_NO_PAD.encode(response.get_credential_id());
+                let named = Some(credential_id.clone());
+                let bound = self
+                    .store
+                    .device(&session)
+                    .await
+                    .map_err(|e| (unavailable(e), None))?;
+                let Some((bound_id, handle)) = bound.as_deref().and_then(passkey_binding) else {
+                    return Err((Reason::DeviceMismatch, named));
+                };
+                let same =
+                    subtle::ConstantTimeEq::ct_eq(bound_id.as_bytes(), credential_id.as_bytes());
+                if !bool::from(same) {
+                    return Err((Reason::DeviceMismatch, named));
+                }
+                let handle = handle.to_string();
+                let mut credential = self
+                    .load(&handle)
+                    .await
+                    .map_err(|r| (r, named.clone()))?
+                    .ok_or((Reason::DeviceMismatch, named.clone()))?;
+                state.set_allowed_credentials(vec![credential.clone()]);
+                let result = self
+                    .core
+                    .authenticate_credential(&response, &state)
+                    .map_err(|e| (refusal(e), named.clone()))?;
+                if result.needs_update() {
+                    credential.counter = result.counter();
+                    self.save(&handle, &credential)
+                        .await
+                        .map_err(|r| (r, named))?;
+                }
+                Ok(Proven {
+                    credential_id,
+                    user_verified: result.user_verified(),
+                })
+            }
+        }
+    }
+
+    async fn save(&self, handle: &str, credential: &Credential) -> Result<(), Reason> {
+        let wire = serde_json::to_vec(credential).map_err(|_| Reason::StoreUnavailable)?;
+        self.store
+            .put_record(&passkey_key(handle), wire, self.binding_ttl)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn load(&self, handle: &str) -> Result<Option<Credential>, Reason> {
+        let wire = self
+            .store
+            .get_record(&passkey_key(handle))
+            .await
+            .map_err(unavailable)?;
+        Ok(wire.and_then(|w| serde_json::from_slice(&w).ok()))
+    }
+}
+
+fn unavailable(e: store::StoreError) -> Reason {
+    tracing::warn!(error = %e, "browser confirmation store call failed");
+    Reason::StoreUnavailable
+}
+
+/// The reason a WebAuthn verification failed with.
+fn refusal(e: WebauthnError) -> Reason {
+    match e {
+        WebauthnError::UserNotVerified => Reason::UserVerificationRequired,
+        // A counter that did not move forward: a cloned authenticator (W3C WebAuthn §6.1.1).
+        WebauthnError::CredentialPossibleCompromise => Reason::DeviceMismatch,
+        WebauthnError::InvalidRPOrigin | WebauthnError::InvalidRPIDHash => Reason::HtuMismatch,
+        WebauthnError::MismatchedChallenge => Reason::ActionMismatch,
+        other => {
+            tracing::info!(error = %other, "passkey response refused");
+            Reason::BadSignature
+        }
+    }
+}
