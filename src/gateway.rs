@@ -66,6 +66,8 @@ pub struct Gateway {
     route_metrics: HashMap<String, RouteMetrics>,
     guard: policy::Guard,
     browser: Option<Browser>,
+    /// The description of a `no_session` refusal, naming the credential this gateway reads.
+    no_session: String,
 }
 
 /// Per-request state.
@@ -178,6 +180,7 @@ impl Gateway {
             _ => None,
         };
         Ok(Gateway {
+            no_session: crate::session::missing_description(&config.session.kind),
             browser,
             guard,
             route_metrics,
@@ -345,13 +348,13 @@ impl Gateway {
             session.set_keepalive(None);
         }
         let status = reason.status();
+        let description = match reason {
+            Reason::NoSession => self.no_session.as_str(),
+            _ => reason.description(),
+        };
         let mut headers = vec![("countersign-request-id", ctx.request_id.clone())];
         if status == 401 || reason == Reason::MixedSchemes {
-            headers.extend(self.authenticate(
-                reason.error_code(),
-                reason.description(),
-                auth_params,
-            ));
+            headers.extend(self.authenticate(reason.error_code(), description, auth_params));
         }
         let confirmation = challenge.map(|(challenge, confirmation)| {
             headers.push(("dpop-nonce", challenge.nonce));
@@ -361,7 +364,7 @@ impl Gateway {
             session,
             status,
             reason.error_code(),
-            reason.description(),
+            description,
             reason.as_str(),
             &headers,
             confirmation,

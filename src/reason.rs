@@ -167,9 +167,8 @@ impl Reason {
             }
             Reason::BodyTimeout => "the request body did not arrive in time",
             Reason::Unconfirmed => "no confirmation: this request would have been challenged",
-            Reason::NoSession => {
-                "no session credential: send the session cookie, header or Authorization: DPoP token this gateway reads (`countersign check` prints which)"
-            }
+            // The gateway names the configured credential in place of this (session.rs).
+            Reason::NoSession => "no session credential",
             Reason::InvalidSession => "session credential invalid or expired",
             Reason::BearerNotAllowed => {
                 "the token came with the Bearer scheme and session.allow_bearer_scheme is false: send it as Authorization: DPoP <token>, or set session.allow_bearer_scheme: true"

@@ -327,6 +327,16 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, SessionErro
     Ok(value)
 }
 
+/// What a refusal for a missing session credential tells the client to send.
+pub fn missing_description(kind: &SessionKind) -> String {
+    let expected = match kind {
+        SessionKind::BearerJwt { .. } => "an Authorization: DPoP <token> header".to_string(),
+        SessionKind::Cookie { name } => format!("the session cookie {name}"),
+        SessionKind::Header { name } => format!("the session header {name}"),
+    };
+    format!("no session credential: send {expected}")
+}
+
 /// Whether a cookie name reads as `name` once case is ignored or percent-escapes decoded.
 fn looks_like(candidate: &str, name: &str) -> bool {
     if candidate.eq_ignore_ascii_case(name) {

@@ -140,7 +140,12 @@ async fn no_session_credential_says_where_the_gateway_looks() {
     let body = r.json();
     assert_eq!(body["reason"], "no_session");
     let description = body["error_description"].as_str().expect("description");
-    assert!(description.contains("countersign check"), "{description}");
+    assert!(
+        description.contains("the session header x-admin-session"),
+        "{description}"
+    );
+    let challenge = r.header("www-authenticate").expect("WWW-Authenticate");
+    assert!(challenge.contains("x-admin-session"), "{challenge}");
     assert!(upstream.seen().is_empty());
 }
 
