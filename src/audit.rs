@@ -1,4 +1,4 @@
-//! The audit log (CONTRACT §6): append-only JSON lines, each carrying `prev`, the hex SHA-256 of
+//! The audit log (docs/protocol.md, "Audit log"): append-only JSON lines, each carrying `prev`, the hex SHA-256 of
 //! the line before it, so that an edited, dropped or reordered line breaks the chain.
 //! Records never hold a credential or a proof: only hashes, thumbprints and the action.
 
@@ -68,7 +68,7 @@ pub struct Record {
     pub device: Option<String>,
     /// Client address.
     pub client_ip: Option<String>,
-    /// Refusal reason (CONTRACT §4).
+    /// Refusal reason (docs/protocol.md, "Checks and reasons").
     pub reason: Option<&'static str>,
     /// Upstream status, on `completed`.
     pub upstream_status: Option<u16>,

@@ -1,6 +1,7 @@
 //! What the upstream sees and what the client sees back: header hygiene on every forwarded
 //! request (RFC 9110 §7.6.1 hop-by-hop, `DPoP`, forged `Countersign-*`), `X-Forwarded-*`
-//! (CONTRACT §5), the external URI a proof's `htu` must name, and `Location` rewriting.
+//! (docs/protocol.md, "Forwarding and provenance"), the external URI a proof's `htu` must name,
+//! and `Location` rewriting.
 
 use std::net::IpAddr;
 
@@ -156,7 +157,7 @@ impl ClientView {
         }
     }
 
-    /// The external URI of a request path (CONTRACT §4 htu), before normalisation:
+    /// The external URI of a request path (the `htu` of docs/protocol.md), before normalisation:
     /// `public_origin` + its prefix + path when configured, else what the client used.
     pub fn external_uri(&self, public: Option<&PublicOrigin>, path: &str) -> String {
         format!("{}{path}", self.base(public))

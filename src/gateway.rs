@@ -1,5 +1,6 @@
-//! The Pingora `ProxyHttp` implementation: a thin sequencer that reads like CONTRACT §3.
-//! match route → low? stream it : session → body → confirmation → audit → forward.
+//! The Pingora `ProxyHttp` implementation, a sequencer over the request's journey
+//! (docs/protocol.md): one reading of the target → route (methods, path, conditions) → low?
+//! stream it : session → body → confirmation (or a browser hold) → policy → audit → forward.
 
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;

@@ -39,7 +39,7 @@ pub struct NonceRecord {
     pub chain: Option<Chain>,
 }
 
-/// The confirmations a continuation follows (CONTRACT §5, redirects keep provenance).
+/// The confirmations a continuation follows (docs/protocol.md, "Redirects and continuations").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     /// The first confirmation of the chain.
