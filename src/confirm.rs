@@ -280,6 +280,16 @@ impl Confirmer {
         })
     }
 
+    /// Refuses a session that was revoked (`session_revoked`), for confirmations that do not pass
+    /// [`Confirmer::decide`] (a passkey confirmation resumed in the browser).
+    pub async fn refuse_revoked(&self, session: &Session) -> Result<(), Reason> {
+        match self.revoked(session, None).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(Reason::SessionRevoked),
+            Err(refusal) => Err(refusal.reason()),
+        }
+    }
+
     /// Whether the session, or its subject since before the session started, was revoked. The
     /// session starts at its token's `iat`, else at `since` (its first confirmation); a subject
     /// mark on a session with neither is decided once `since` is known.

@@ -759,7 +759,11 @@ impl Gateway {
         };
         let mut record = resumed.record;
         record.request_id = Some(ctx.request_id.clone());
-        // Policy and live risk apply to a passkey confirmation as to a DPoP one.
+        // Revocation, policy and live risk apply to a passkey confirmation as to a DPoP one.
+        if let Err(reason) = self.confirmer.refuse_revoked(&user).await {
+            self.refuse(session, ctx, record, reason, None).await?;
+            return Ok(true);
+        }
         let client_ip = policy::client_address(
             ctx.peer.ip,
             ctx.peer.trusted,

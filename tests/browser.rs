@@ -223,6 +223,49 @@ async fn holds_ceremonies_and_resumes_live_in_redis_when_the_store_is_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_revoked_while_its_action_was_held_confirms_nothing() {
+    let redis = redis_support::RedisServer::start();
+    let yaml = format!(
+        "{}store: {{ kind: redis, url: \"{}\" }}\n",
+        config("required"),
+        redis.url()
+    );
+    let mut w = World::start_with(&yaml).await;
+    w.chromium.add_authenticator(true).await;
+    w.sign_in().await;
+    w.delete_and_wait_for_confirmation().await;
+    // The operator ends the session (as `countersign sessions revoke --session-hash` does)
+    // while the person is on the confirmation page.
+    let hash = last_with(&w.audit_events(), "challenged")["session"]
+        .as_str()
+        .expect("the hold names its session hash")
+        .to_string();
+    let store =
+        countersign::store::RedisStore::new(&redis.url(), std::time::Duration::from_secs(1))
+            .expect("redis store");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    countersign::store::ReplayStore::revoke(
+        &store,
+        &countersign::confirm::session_mark(&hash),
+        now,
+        std::time::Duration::from_secs(3600),
+    )
+    .await
+    .expect("revoke");
+    w.chromium.click("#confirm").await;
+    w.chromium
+        .wait_for("document.body && document.body.innerText.includes('session_revoked')")
+        .await;
+    assert!(w.app.received_at("POST", "/users/42/delete").is_empty());
+    let refused = last_with(&w.audit_events(), "rejected");
+    assert_eq!(refused["reason"], "session_revoked", "{refused}");
+    assert!(w.audit_events().iter().all(|r| r["event"] != "accepted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_kib_multipart_upload_reaches_the_app_byte_identical() {
     let mut w = World::start("required").await;
     w.chromium.add_authenticator(true).await;
