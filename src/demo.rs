@@ -19,6 +19,57 @@ use crate::alg::ProofAlg;
 use crate::keys::DeviceKey;
 use crate::server;
 
+/// Why the demo could not show what it set out to.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A local resource (a port, a temporary directory, the runtime, a signal handler).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The demo's own configuration was refused.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The gateway could not be assembled.
+    #[error("{0}")]
+    Start(#[from] server::BuildError),
+    /// A device key could not be made.
+    #[error("{0}")]
+    Key(#[from] crate::keys::KeyError),
+    /// A demo request could not be made or read.
+    #[error("demo request to {url}: {source}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// What failed.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A step did not behave as the protocol says.
+    #[error("expected {what}, got {status} {body}")]
+    Unexpected {
+        /// What was expected.
+        what: &'static str,
+        /// The status received.
+        status: u16,
+        /// The body received.
+        body: String,
+    },
+    /// The gateway never listened.
+    #[error("the gateway did not start listening on {0}")]
+    NotListening(String),
+    /// The demo's audit log does not verify.
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::VerifyError),
+}
+
+/// Wraps a failed demo request.
+fn http<E: std::error::Error + Send + Sync + 'static>(
+    url: &str,
+) -> impl FnOnce(E) -> DemoError + '_ {
+    move |e| DemoError::Http {
+        url: url.to_string(),
+        source: Box::new(e),
+    }
+}
+
 const SESSION: &str = "demo-session-7f3a9c";
 /// The cookie the demo's gateway reads the session from.
 const SESSION_COOKIE: &str = "admin_session";
@@ -47,12 +98,11 @@ fn start(
     metrics: &str,
     audit_path: &Path,
     received: Arc<Mutex<Vec<String>>>,
-) -> Result<World, String> {
+) -> Result<World, DemoError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     let upstream = runtime.block_on(sample_api(received))?;
     let yaml = format!(
         r#"
@@ -75,10 +125,8 @@ routes:
 "#,
         audit = audit_path.display()
     );
-    let config = crate::config::parse(&yaml, Path::new("<demo>")).map_err(|e| e.to_string())?;
-    let running = server::assemble(config, server::Runtime::Shared)
-        .map_err(|e| e.to_string())?
-        .spawn();
+    let config = crate::config::parse(&yaml, Path::new("<demo>"))?;
+    let running = server::assemble(config, server::Runtime::Shared)?.spawn();
     runtime.block_on(wait_for(listen))?;
     Ok(World {
         runtime,
@@ -90,7 +138,7 @@ routes:
 
 /// `demo --serve`: keeps the sample API and the gateway running until Ctrl-C (or SIGTERM),
 /// after printing where they are.
-pub fn serve(options: ServeOptions) -> Result<(), String> {
+pub fn serve(options: ServeOptions) -> Result<(), DemoError> {
     let received = Arc::new(Mutex::new(Vec::<String>::new()));
     let world = start(&options.listen, &options.metrics, &options.audit, received)?;
     println!(
@@ -110,20 +158,19 @@ pub fn serve(options: ServeOptions) -> Result<(), String> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     world.runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| e.to_string())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        Ok::<(), String>(())
+        Ok::<(), DemoError>(())
     })?;
     world.running.stop();
     Ok(())
 }
 
 /// Runs the demo; returns an error message when a step did not behave as the contract says.
-pub fn run() -> Result<(), String> {
+pub fn run() -> Result<(), DemoError> {
     let dir = tempdir()?;
     let received = Arc::new(Mutex::new(Vec::<String>::new()));
     let (gateway_port, metrics_port) = (free_port()?, free_port()?);
@@ -146,8 +193,7 @@ pub fn run() -> Result<(), String> {
     for line in audit.lines() {
         println!("  {line}");
     }
-    let verified = crate::audit::verify(&audit_path, &crate::audit::Expect::default())
-        .map_err(|e| e.to_string());
+    let verified = crate::audit::verify(&audit_path, &crate::audit::Expect::default());
     println!(
         "  hash chain: {}",
         match &verified {
@@ -175,10 +221,10 @@ pub fn run() -> Result<(), String> {
     );
     world.running.stop();
     let _ = std::fs::remove_dir_all(&dir);
-    result.and(verified.map(|_| ()))
+    result.and(verified.map(|_| ()).map_err(DemoError::from))
 }
 
-async fn walk(base: &str, received: &Mutex<Vec<String>>) -> Result<(), String> {
+async fn walk(base: &str, received: &Mutex<Vec<String>>) -> Result<(), DemoError> {
     let cookie = ("cookie", format!("{SESSION_COOKIE}={SESSION}"));
     let url = format!("{base}/api/users/42");
     let seen = || received.lock().map(|r| r.len()).unwrap_or(0);
@@ -205,7 +251,7 @@ async fn walk(base: &str, received: &Mutex<Vec<String>>) -> Result<(), String> {
     println!("   what the user confirms: {}", r.body);
     expect(seen() == before, "the upstream saw nothing", &r)?;
 
-    let laptop = DeviceKey::generate(ProofAlg::Es256).map_err(|e| e.to_string())?;
+    let laptop = DeviceKey::generate(ProofAlg::Es256)?;
     println!(
         "3. The user's device (ES256 key {}) signs exactly that action",
         laptop.jkt()
@@ -232,7 +278,7 @@ async fn walk(base: &str, received: &Mutex<Vec<String>>) -> Result<(), String> {
     println!("   {}", r.www_authenticate);
 
     println!("5. A second device approving the same session: refused");
-    let phone = DeviceKey::generate(ProofAlg::EdDsa).map_err(|e| e.to_string())?;
+    let phone = DeviceKey::generate(ProofAlg::EdDsa)?;
     let nonce = r.nonce.clone().unwrap_or_default();
     let proof = phone.proof("DELETE", &url, Some(&nonce), Some(SESSION));
     let r = send(&url, "DELETE", &[cookie, ("dpop", proof)], "").await?;
@@ -247,12 +293,16 @@ async fn walk(base: &str, received: &Mutex<Vec<String>>) -> Result<(), String> {
     Ok(())
 }
 
-fn expect(ok: bool, what: &str, r: &Reply) -> Result<(), String> {
+fn expect(ok: bool, what: &'static str, r: &Reply) -> Result<(), DemoError> {
     if ok {
         println!("   ok: {what}");
         Ok(())
     } else {
-        Err(format!("expected {what}, got {} {}", r.status, r.body))
+        Err(DemoError::Unexpected {
+            what,
+            status: r.status,
+            body: r.body.clone(),
+        })
     }
 }
 
@@ -270,15 +320,13 @@ async fn send(
     method: &str,
     headers: &[(&str, String)],
     body: &str,
-) -> Result<Reply, String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+) -> Result<Reply, DemoError> {
+    let uri: hyper::Uri = url.parse().map_err(http(url))?;
     let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-    let stream = TcpStream::connect(&authority)
-        .await
-        .map_err(|e| e.to_string())?;
+    let stream = TcpStream::connect(&authority).await.map_err(http(url))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(http(url))?;
     tokio::spawn(conn);
     let mut req = Request::builder()
         .method(method)
@@ -289,8 +337,8 @@ async fn send(
     }
     let req = req
         .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        .map_err(http(url))?;
+    let resp = sender.send_request(req).await.map_err(http(url))?;
     let header = |name: &str| {
         resp.headers()
             .get(name)
@@ -305,7 +353,7 @@ async fn send(
         .into_body()
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(http(url))?
         .to_bytes();
     Ok(Reply {
         status,
@@ -317,11 +365,9 @@ async fn send(
 }
 
 /// The sample legacy admin API: answers every request with JSON and remembers what it saw.
-async fn sample_api(received: Arc<Mutex<Vec<String>>>) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+async fn sample_api(received: Arc<Mutex<Vec<String>>>) -> Result<SocketAddr, DemoError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let received = received.clone();
@@ -352,28 +398,28 @@ async fn sample_api(received: Arc<Mutex<Vec<String>>>) -> Result<SocketAddr, Str
     Ok(addr)
 }
 
-async fn wait_for(listen: &str) -> Result<(), String> {
+async fn wait_for(listen: &str) -> Result<(), DemoError> {
     for _ in 0..200 {
         if TcpStream::connect(listen).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    Err(format!("the gateway did not start listening on {listen}"))
+    Err(DemoError::NotListening(listen.to_string()))
 }
 
-fn free_port() -> Result<u16, String> {
+fn free_port() -> Result<u16, DemoError> {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| e.to_string())
+        .map_err(DemoError::from)
 }
 
-fn tempdir() -> Result<std::path::PathBuf, String> {
+fn tempdir() -> Result<std::path::PathBuf, DemoError> {
     let dir = std::env::temp_dir().join(format!(
         "countersign-demo-{}",
         uuid::Uuid::now_v7().simple()
     ));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

@@ -310,7 +310,7 @@ fn run(command: Command) -> Result<(), String> {
         Command::Demo { browser: true, .. } => {
             countersign::browser::demo::run().map_err(|e| e.to_string())
         }
-        Command::Demo { serve: false, .. } => demo::run(),
+        Command::Demo { serve: false, .. } => demo::run().map_err(|e| e.to_string()),
         Command::Demo {
             serve: true,
             listen,
@@ -321,7 +321,8 @@ fn run(command: Command) -> Result<(), String> {
             listen,
             metrics,
             audit,
-        }),
+        })
+        .map_err(|e| e.to_string()),
         Command::Audit {
             command:
                 AuditCommand::Verify {
