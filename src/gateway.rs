@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::admission;
 use crate::audit::{AuditLog, Event, Record};
+use crate::body::{read_body, BodyRead};
 use crate::browser::{self, Browser};
 use crate::conditions::{self, Body, BodyKind, Fields};
 use crate::config::{Config, UpstreamScheme};
@@ -37,8 +38,6 @@ use crate::routes::{self, Risk, Route};
 use crate::session::Session as UserSession;
 use crate::target::{Target as RequestTarget, TargetError};
 
-/// How long a high-impact request body may take to arrive.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// SHA-256 of the empty body.
 const EMPTY_SHA256: [u8; 32] = [
     0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
@@ -1186,60 +1185,6 @@ fn log_failure(e: &Error, span: &tracing::Span) {
         tracing::debug!(parent: span, error = %e, "client connection ended early");
     } else {
         tracing::warn!(parent: span, error = %e, "request failed");
-    }
-}
-
-/// A request body as far as the gateway read it.
-enum BodyRead {
-    /// All of it.
-    Complete(Bytes),
-    /// Larger than the limit; the rest is unread.
-    TooLarge,
-    /// It did not arrive within [`BODY_READ_TIMEOUT`].
-    TimedOut,
-}
-
-/// Reads the whole body up to `max` bytes. Answers `Expect: 100-continue` only for a body that
-/// may fit.
-async fn read_body(
-    session: &mut Session,
-    req: &RequestHeader,
-    max: usize,
-) -> pingora::Result<BodyRead> {
-    let declared = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Ok(BodyRead::TooLarge);
-    }
-    let expects_continue = req
-        .headers
-        .get(http::header::EXPECT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-    if expects_continue {
-        // Writing the 100 before the body is read must not cost the connection its keep-alive.
-        session.set_close_on_response_before_downstream_finish(false);
-        session.write_continue_response().await?;
-        session.set_close_on_response_before_downstream_finish(true);
-    }
-    let mut body = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
-    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
-    loop {
-        let Ok(chunk) = tokio::time::timeout_at(deadline, session.read_request_body()).await else {
-            return Ok(BodyRead::TimedOut);
-        };
-        match chunk? {
-            Some(chunk) => {
-                if body.len() + chunk.len() > max {
-                    return Ok(BodyRead::TooLarge);
-                }
-                body.extend_from_slice(&chunk);
-            }
-            None => return Ok(BodyRead::Complete(body.freeze())),
-        }
     }
 }
 

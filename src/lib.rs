@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod alg;
 pub mod audit;
+mod body;
 pub mod browser;
 pub mod client;
 pub mod conditions;
