@@ -9,6 +9,8 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
+use crate::reason::Reason;
+
 /// How long a request body the gateway reads may take to arrive.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -62,6 +64,17 @@ pub(crate) async fn read_body(
                 body.extend_from_slice(&chunk);
             }
             None => return Ok(BodyRead::Complete(body.freeze())),
+        }
+    }
+}
+
+impl BodyRead {
+    /// The whole body, or the reason it cannot be had (`too_large` when over the limit).
+    pub(crate) fn complete(self, too_large: Reason) -> Result<Bytes, Reason> {
+        match self {
+            BodyRead::Complete(body) => Ok(body),
+            BodyRead::TooLarge => Err(too_large),
+            BodyRead::TimedOut => Err(Reason::BodyTimeout),
         }
     }
 }

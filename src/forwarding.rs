@@ -9,7 +9,7 @@ use http::HeaderMap;
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 
-use crate::config::PublicOrigin;
+use crate::config::{PublicOrigin, UpstreamScheme};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 and the legacy `keep-alive`/`proxy-connection`).
 const HOP_BY_HOP: [&str; 9] = [
@@ -23,6 +23,28 @@ const HOP_BY_HOP: [&str; 9] = [
     "transfer-encoding",
     "upgrade",
 ];
+
+/// With `session.upstream_scheme: bearer`, a DPoP-bound token goes upstream as
+/// `Authorization: Bearer`, the scheme a legacy app reads.
+pub fn rewrite_authorization(
+    up: &mut RequestHeader,
+    scheme: UpstreamScheme,
+) -> pingora::Result<()> {
+    if scheme != UpstreamScheme::Bearer {
+        return Ok(());
+    }
+    let rewritten = up
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("dpop"))
+        .map(|(_, token)| format!("Bearer {}", token.trim_start()));
+    if let Some(value) = rewritten {
+        up.insert_header(http::header::AUTHORIZATION, value)?;
+    }
+    Ok(())
+}
 
 /// The client connection, as far as forwarding decisions go.
 #[derive(Debug, Clone, Copy)]

@@ -8,6 +8,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::decision::Decision;
+
 /// `countersign_requests_total{route, decision}`.
 pub const REQUESTS: &str = "countersign_requests_total";
 /// `countersign_rejections_total{route, reason}`.
@@ -34,34 +36,6 @@ pub const STORE_ERRORS: &str = "countersign_store_errors_total";
 pub const BUILD_INFO: &str = "countersign_build_info";
 /// `countersign_config_routes{risk}`.
 pub const CONFIG_ROUTES: &str = "countersign_config_routes";
-
-/// The request decisions of `countersign_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Low-risk, forwarded untouched.
-    Passthrough,
-    /// Answered with a nonce.
-    Challenged,
-    /// Refused.
-    Rejected,
-    /// Confirmed and forwarded.
-    Accepted,
-    /// Observe mode: forwarded unconfirmed, audited with the reason it would have been refused.
-    Observed,
-}
-
-impl Decision {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Passthrough => "passthrough",
-            Decision::Challenged => "challenged",
-            Decision::Rejected => "rejected",
-            Decision::Accepted => "accepted",
-            Decision::Observed => "observed",
-        }
-    }
-}
 
 /// The gateway's metrics.
 pub struct Metrics {
@@ -215,15 +189,13 @@ impl Metrics {
     /// lookups. Only the decisions a route can take are created (and exported at zero);
     /// `observe` is a high-impact route in observe mode.
     pub fn for_route(&self, route: &str, high_impact: bool, observe: bool) -> RouteMetrics {
-        let counter = |decision: Decision, possible: bool| {
-            possible.then(|| self.requests.with_label_values(&[route, decision.as_str()]))
-        };
+        // In `Decision::LABELS` order: passthrough, challenged, accepted, rejected, observed.
+        let possible = [!high_impact, high_impact, high_impact, high_impact, observe];
         RouteMetrics {
-            passthrough: counter(Decision::Passthrough, !high_impact),
-            challenged: counter(Decision::Challenged, high_impact),
-            rejected: counter(Decision::Rejected, high_impact),
-            accepted: counter(Decision::Accepted, high_impact),
-            observed: counter(Decision::Observed, observe),
+            decisions: std::array::from_fn(|slot| {
+                let label = Decision::LABELS[slot];
+                possible[slot].then(|| self.requests.with_label_values(&[route, label]))
+            }),
             upstream: self.upstream.with_label_values(&[route]),
             upstream_responses: UPSTREAM_CLASSES
                 .map(|class| self.upstream_responses.with_label_values(&[route, class])),
@@ -263,11 +235,8 @@ const UPSTREAM_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"]
 /// One route's request counters and upstream latency.
 #[derive(Clone)]
 pub struct RouteMetrics {
-    passthrough: Option<IntCounter>,
-    challenged: Option<IntCounter>,
-    rejected: Option<IntCounter>,
-    accepted: Option<IntCounter>,
-    observed: Option<IntCounter>,
+    /// By [`Decision::slot`]; only the decisions the route can take.
+    decisions: [Option<IntCounter>; 5],
     /// Upstream latency of this route.
     pub upstream: Histogram,
     upstream_responses: [IntCounter; 6],
@@ -285,14 +254,7 @@ impl RouteMetrics {
 
     /// Counts one request decision.
     pub fn decision(&self, decision: Decision) {
-        let counter = match decision {
-            Decision::Passthrough => &self.passthrough,
-            Decision::Challenged => &self.challenged,
-            Decision::Rejected => &self.rejected,
-            Decision::Accepted => &self.accepted,
-            Decision::Observed => &self.observed,
-        };
-        if let Some(counter) = counter {
+        if let Some(counter) = &self.decisions[decision.slot()] {
             counter.inc();
         }
     }

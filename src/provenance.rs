@@ -14,7 +14,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Serialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// Lifetime of a provenance token.
 const TOKEN_LIFETIME_SECS: u64 = 60;
@@ -24,10 +23,6 @@ const TOKEN_LIFETIME_SECS: u64 = 60;
 pub struct Claims<'a> {
     /// Issuer: the public origin, or `countersign`.
     pub iss: &'a str,
-    /// Issued at (unix seconds).
-    pub iat: u64,
-    /// Expires at (unix seconds).
-    pub exp: u64,
     /// Confirmation id.
     pub cid: &'a str,
     /// The first confirmation of a redirect chain this one continues, else null.
@@ -53,6 +48,17 @@ pub struct Claims<'a> {
     pub body_sha256: &'a str,
     /// Route name.
     pub route: &'a str,
+}
+
+/// The claims with their validity window.
+#[derive(Serialize)]
+struct Timed<'a> {
+    /// Issued at (unix seconds).
+    iat: u64,
+    /// Expires at (unix seconds).
+    exp: u64,
+    #[serde(flatten)]
+    claims: &'a Claims<'a>,
 }
 
 /// The loaded private key, parsed once (parsing an Ed25519 key derives its public half, which
@@ -119,7 +125,11 @@ impl Signer {
                 "expected an EC P-256 or Ed25519 private key in PKCS#8".into(),
             ));
         };
-        let kid = thumbprint(&public_jwk);
+        // The JWK was built just above from a valid key: its members always canonicalise.
+        let kid = match &public_jwk {
+            Value::Object(members) => crate::jwk::thumbprint(members).unwrap_or_default(),
+            _ => String::new(),
+        };
         if let Value::Object(m) = &mut public_jwk {
             m.insert("kid".into(), Value::String(kid.clone()));
             m.insert("use".into(), Value::String("sig".into()));
@@ -134,15 +144,18 @@ impl Signer {
         })
     }
 
-    /// Signs the claims; `iat`/`exp` are set here.
-    pub fn token(&self, mut claims: Claims<'_>) -> String {
-        let now = SystemTime::now()
+    /// Signs the claims, issued now and valid for a minute.
+    pub fn token(&self, claims: &Claims<'_>) -> String {
+        let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        claims.iat = now;
-        claims.exp = now + TOKEN_LIFETIME_SECS;
+        let timed = Timed {
+            iat,
+            exp: iat + TOKEN_LIFETIME_SECS,
+            claims,
+        };
         // Serialising borrowed strings and numbers cannot fail.
-        let payload = serde_json::to_vec(&claims).unwrap_or_default();
+        let payload = serde_json::to_vec(&timed).unwrap_or_default();
         self.compact(format!("{}.{}", self.header, b64(&payload)))
     }
 
@@ -195,22 +208,6 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// RFC 7638 thumbprint of a public JWK built above (members already in canonical order).
-fn thumbprint(jwk: &Value) -> String {
-    let canonical = match jwk.get("kty").and_then(Value::as_str) {
-        Some("EC") => format!(
-            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-            jwk["x"].as_str().unwrap_or_default(),
-            jwk["y"].as_str().unwrap_or_default()
-        ),
-        _ => format!(
-            r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-            jwk["x"].as_str().unwrap_or_default()
-        ),
-    };
-    b64(&Sha256::digest(canonical.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,8 +216,6 @@ mod tests {
     fn claims<'a>(parent: Option<&'a str>, sub: Option<&'a str>) -> Claims<'a> {
         Claims {
             iss: "countersign",
-            iat: 0,
-            exp: 0,
             cid: "c",
             parent,
             via: None,
@@ -255,7 +250,7 @@ mod tests {
     fn ephemeral_tokens_verify_with_the_published_jwks() {
         let signer = Signer::load(None).expect("ephemeral key");
         assert!(signer.ephemeral);
-        let token = signer.token(claims(None, Some("alice")));
+        let token = signer.token(&claims(None, Some("alice")));
         let claims = verify(&signer, &token, Algorithm::EdDSA);
         assert_eq!(claims["sub"], "alice");
         assert_eq!(claims["parent"], Value::Null);
@@ -268,7 +263,7 @@ mod tests {
                 .expect("keygen");
         let signer = Signer::from_pkcs8(der.as_ref()).expect("loads");
         assert_eq!(signer.public_jwk()["alg"], "ES256");
-        let token = signer.token(claims(Some("p"), None));
+        let token = signer.token(&claims(Some("p"), None));
         let claims = verify(&signer, &token, Algorithm::ES256);
         assert_eq!(claims["parent"], "p");
         // RFC 7519 §4.1.2: `sub` is a string; a session without a subject has none.

@@ -155,6 +155,15 @@ impl Reason {
         }
     }
 
+    /// Whether the connection cannot carry another request after this refusal: the rest of the
+    /// body was never read, or the request has no single reading.
+    pub fn ends_connection(self) -> bool {
+        matches!(
+            self,
+            Reason::BodyTooLarge | Reason::BodyTooLargeToRoute | Reason::BodyTimeout
+        ) || self.status() == 400
+    }
+
     /// A human-readable description; never contains request data.
     pub fn description(self) -> &'static str {
         match self {

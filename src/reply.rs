@@ -1,61 +1,98 @@
-//! Responses the gateway makes itself: always JSON `{"error","error_description"}` with the right
-//! status, a Content-Length, and `Cache-Control: no-store`. Never a credential or a proof.
+//! Responses the gateway makes itself, as values, and the one place they are written. JSON
+//! errors are `{"error","error_description"}` with the right status and `Cache-Control:
+//! no-store`; none ever carries a credential or a proof. Every failure maps to its status here.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
 use serde_json::{json, Value};
 
-/// Writes a JSON error response; `extra` headers are added as given.
-pub async fn error(
-    session: &mut Session,
-    status: u16,
-    error: &str,
-    description: &str,
-    extra: &[(&'static str, String)],
-    more: Option<(&str, Value)>,
-) -> pingora::Result<()> {
-    let mut body = json!({ "error": error, "error_description": description });
-    if let (Some((key, value)), Value::Object(map)) = (more, &mut body) {
-        map.insert(key.to_string(), value);
-    }
-    json_body(session, status, body.to_string().into_bytes(), extra).await
+/// A response the gateway writes itself.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Its headers (`Content-Length` and `Countersign-Request-Id` are added when written).
+    pub headers: Vec<(&'static str, String)>,
+    /// Its body.
+    pub body: Vec<u8>,
 }
 
-/// Writes a refusal: the JSON error with its `reason` (the audit and metric reason) and, for a
-/// challenge, what is being confirmed.
-pub async fn refusal(
-    session: &mut Session,
-    status: u16,
-    error: &str,
-    description: &str,
-    reason: &str,
-    extra: &[(&'static str, String)],
-    confirmation: Option<Value>,
-) -> pingora::Result<()> {
-    let mut body = json!({ "error": error, "error_description": description, "reason": reason });
-    if let (Some(confirmation), Value::Object(map)) = (confirmation, &mut body) {
-        map.insert("confirmation".to_string(), confirmation);
+impl Reply {
+    /// A JSON body with `status`.
+    pub fn json(status: u16, body: &Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![
+                ("content-type", "application/json".to_string()),
+                ("cache-control", "no-store".to_string()),
+            ],
+            body: body.to_string().into_bytes(),
+        }
     }
-    json_body(session, status, body.to_string().into_bytes(), extra).await
+
+    /// A JSON error.
+    pub fn error(status: u16, error: &str, description: &str) -> Reply {
+        Reply::json(
+            status,
+            &json!({ "error": error, "error_description": description }),
+        )
+    }
+
+    /// No route matches the request.
+    pub fn not_found() -> Reply {
+        Reply::error(404, "not_found", "no route matches this request")
+    }
+
+    /// The answer to a request that failed with `status` (see [`failure_status`]).
+    pub fn failure(status: u16) -> Reply {
+        let (code, text) = match status {
+            504 => ("upstream_timeout", "the upstream did not answer in time"),
+            502 => ("bad_gateway", "the upstream could not be reached"),
+            400 => ("invalid_request", "the request could not be read"),
+            _ => (
+                "internal_error",
+                "the gateway failed to handle this request",
+            ),
+        };
+        Reply::error(status, code, text)
+    }
+
+    /// The same reply with one more header.
+    pub fn with(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
 }
 
-/// Writes a JSON body with `status`.
-pub async fn json_body(
-    session: &mut Session,
-    status: u16,
-    body: Vec<u8>,
-    extra: &[(&'static str, String)],
-) -> pingora::Result<()> {
-    let mut head = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    head.insert_header("content-type", "application/json")?;
-    head.insert_header("content-length", body.len())?;
-    head.insert_header("cache-control", "no-store")?;
-    for (name, value) in extra {
-        head.insert_header(*name, value.as_str())?;
+/// The status a failed request is answered with; 0 when the client is gone and nothing can be
+/// answered. Upstream timeouts are 504, other upstream failures 502.
+pub fn failure_status(e: &Error) -> u16 {
+    match e.esource() {
+        ErrorSource::Upstream => crate::forward::status_for(e),
+        ErrorSource::Downstream => match e.etype() {
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+            _ => 400,
+        },
+        _ => match e.etype() {
+            ErrorType::ConnectTimedout => 504,
+            ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => 502,
+            _ => 500,
+        },
     }
+}
+
+/// Writes `reply` as the whole response to the request `request_id`.
+pub async fn write(session: &mut Session, reply: Reply, request_id: &str) -> pingora::Result<()> {
+    let mut head = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+    for (name, value) in reply.headers {
+        head.append_header(name, value)?;
+    }
+    head.insert_header("content-length", reply.body.len())?;
+    head.insert_header("countersign-request-id", request_id)?;
     session.write_response_header(Box::new(head), false).await?;
     session
-        .write_response_body(Some(Bytes::from(body)), true)
+        .write_response_body(Some(Bytes::from(reply.body)), true)
         .await
 }

@@ -296,6 +296,11 @@ impl RouteTable {
         }
     }
 
+    /// The route called `name`, if this table has one.
+    pub fn named(&self, name: &str) -> Option<Arc<Route>> {
+        self.routes.iter().find(|r| r.name == name).cloned()
+    }
+
     /// The first route matching `method` and `path` (the path without query) with no regard to
     /// conditions, if any: where a redirect leads, for continuation nonces.
     pub fn find(&self, method: &Method, path: &str) -> Option<&Arc<Route>> {

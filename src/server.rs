@@ -40,8 +40,13 @@ const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A key, file or setting named by the config is unusable.
-    #[error("{file}: {0}", file = .1)]
-    Setting(String, String),
+    #[error("{file}: {source}")]
+    Setting {
+        /// The config file.
+        file: String,
+        /// What is wrong.
+        source: SettingError,
+    },
     /// A listen address cannot be bound (in use, not local, not permitted).
     #[error("{file}: {field}: cannot listen on {address}: {source}")]
     Listen {
@@ -54,6 +59,57 @@ pub enum BuildError {
         /// Why the bind failed.
         source: std::io::Error,
     },
+}
+
+/// A key, file or setting the config names that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingError {
+    /// A session verification key.
+    #[error(transparent)]
+    SessionKey(#[from] crate::session::KeyLoadError),
+    /// An upstream or the browser settings.
+    #[error(transparent)]
+    Gateway(#[from] crate::gateway::GatewayError),
+    /// The Redis store.
+    #[error(transparent)]
+    Redis(#[from] crate::store::RedisSetupError),
+    /// The provenance signing key.
+    #[error(transparent)]
+    Signer(#[from] crate::provenance::SignerError),
+    /// The audit log.
+    #[error("audit.path: {0}")]
+    Audit(#[from] crate::audit::OpenError),
+    /// The upstream CA bundle.
+    #[error("upstream_ca_file: {0}")]
+    CaBundle(FileError),
+    /// The directory of the upgrade socket.
+    #[error("server.upgrade_sock: {0}")]
+    UpgradeSock(FileError),
+}
+
+/// A file or directory that is unreadable or not what it must be.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// It cannot be read or created.
+    #[error("cannot read or create {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not what the setting needs.
+    #[error("{0}")]
+    Unfit(String),
+}
+
+impl FileError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+        move |source| FileError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
 }
 
 /// What a started gateway tells its operator.
@@ -98,9 +154,12 @@ struct Parts {
 impl Parts {
     /// The gateway for `config`: routes, upstreams, sessions, confirmation and policy settings.
     fn gateway(&self, config: Arc<Config>) -> Result<Gateway, BuildError> {
-        let setting = |e: String| BuildError::Setting(e, config.source.display().to_string());
+        let setting = |source: SettingError| BuildError::Setting {
+            file: config.source.display().to_string(),
+            source,
+        };
         let sessions = Sessions::new(&config.session, config.confirmation.clock_skew)
-            .map_err(|e| setting(e.to_string()))?;
+            .map_err(|e| setting(e.into()))?;
         let confirmer = Confirmer::new(
             self.store.clone(),
             sessions,
@@ -116,7 +175,7 @@ impl Parts {
             self.metrics.clone(),
             self.signer.clone(),
         )
-        .map_err(setting)?;
+        .map_err(|e| setting(e.into()))?;
         for risk in [Risk::Low, Risk::High] {
             let n = config
                 .routes
@@ -164,8 +223,10 @@ pub fn assemble(config: Config, runtime: Runtime) -> Result<Assembled, BuildErro
 /// Assembles the gateway that owns this process (`countersign run`), started as `start`.
 pub fn assemble_process(config: Config, start: Start) -> Result<Assembled, BuildError> {
     let file = config.source.display().to_string();
-    private_dir(&config.server.upgrade_sock)
-        .map_err(|e| BuildError::Setting(format!("server.upgrade_sock: {e}"), file))?;
+    private_dir(&config.server.upgrade_sock).map_err(|e| BuildError::Setting {
+        file,
+        source: SettingError::UpgradeSock(e),
+    })?;
     raise_open_files_limit();
     build(config, Runtime::PerThread, Some(start))
 }
@@ -197,7 +258,10 @@ fn raise_open_files_limit() {
 
 fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assembled, BuildError> {
     let file = config.source.display().to_string();
-    let setting = |e: String| BuildError::Setting(e, file.clone());
+    let setting = |source: SettingError| BuildError::Setting {
+        file: file.clone(),
+        source,
+    };
     // Pingora retries a busy port for half a minute and then panics a listener thread while the
     // rest of the process (and `/healthz`) stays up: try every address first and stop here.
     // An upgrade receives sockets that the old process still holds.
@@ -212,17 +276,16 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
     let store: Arc<dyn ReplayStore> = match &config.store {
         StoreConfig::Memory { max_entries } => Arc::new(MemoryStore::new(*max_entries)),
         StoreConfig::Redis { url, timeout } => {
-            Arc::new(RedisStore::new(url, *timeout).map_err(|e| setting(e.to_string()))?)
+            Arc::new(RedisStore::new(url, *timeout).map_err(|e| setting(e.into()))?)
         }
     };
     // Export the store's error counter at 0 from the start, so dashboards and alerts see it.
     metrics.store_errors.with_label_values(&[store.backend()]);
     let signer = Arc::new(
-        Signer::load(config.provenance.signing_key.as_deref())
-            .map_err(|e| setting(e.to_string()))?,
+        Signer::load(config.provenance.signing_key.as_deref()).map_err(|e| setting(e.into()))?,
     );
     let audit = AuditLog::open(config.audit.path.as_deref(), config.audit.stdout)
-        .map_err(|e| setting(format!("audit.path: {e}")))?;
+        .map_err(|e| setting(e.into()))?;
     audit.checkpoint_every(signer.clone(), config.audit.checkpoint_every);
     let summary = Summary {
         listen: config.listen.clone(),
@@ -232,7 +295,7 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
         ephemeral_key: signer.ephemeral,
     };
     if let Some(path) = &config.upstream_ca_file {
-        check_ca_bundle(path).map_err(|e| setting(format!("upstream_ca_file: {e}")))?;
+        check_ca_bundle(path).map_err(|e| setting(SettingError::CaBundle(e)))?;
     }
     let server_conf = ServerConf {
         ca_file: config
@@ -299,32 +362,28 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
 
 /// Creates the directory of `sock` with mode 0700 and checks that it is ours and private: the
 /// old process hands its listening sockets to whoever answers there.
-fn private_dir(sock: &Path) -> Result<(), String> {
+fn private_dir(sock: &Path) -> Result<(), FileError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let dir = sock
         .parent()
-        .ok_or_else(|| format!("{} has no directory", sock.display()))?;
-    match std::fs::DirBuilder::new()
+        .ok_or_else(|| FileError::Unfit(format!("{} has no directory", sock.display())))?;
+    std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-    {
-        Ok(()) => {}
-        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
-    }
+        .map_err(FileError::io(dir))?;
     let own = std::fs::metadata("/proc/self")
         .map(|m| m.uid())
-        .map_err(|e| format!("cannot read /proc/self: {e}"))?;
-    let meta = std::fs::symlink_metadata(dir)
-        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        .map_err(FileError::io(Path::new("/proc/self")))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(FileError::io(dir))?;
     let mode = meta.permissions().mode() & 0o777;
     if !meta.is_dir() || meta.uid() != own || mode & 0o077 != 0 {
-        return Err(format!(
+        return Err(FileError::Unfit(format!(
             "{} must be a directory owned by uid {own} with mode 0700 (it is {}, uid {}, mode {mode:o})",
             dir.display(),
             if meta.is_dir() { "a directory" } else { "not a directory" },
             meta.uid()
-        ));
+        )));
     }
     Ok(())
 }
@@ -343,14 +402,17 @@ fn check_listen(file: &str, field: &'static str, address: &str) -> Result<(), Bu
 
 /// A CA bundle must hold at least one PEM certificate: Pingora's TLS connector panics on one
 /// it cannot load, so it is checked before the server starts.
-fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let blocks =
-        pem::parse_many(&text).map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+fn check_ca_bundle(path: &Path) -> Result<(), FileError> {
+    let text = std::fs::read(path).map_err(FileError::io(path))?;
+    let blocks = pem::parse_many(&text)
+        .map_err(|e| FileError::Unfit(format!("{} is not PEM: {e}", path.display())))?;
     if blocks.iter().any(|b| b.tag() == "CERTIFICATE") {
         Ok(())
     } else {
-        Err(format!("{} holds no CERTIFICATE", path.display()))
+        Err(FileError::Unfit(format!(
+            "{} holds no CERTIFICATE",
+            path.display()
+        )))
     }
 }
 

@@ -21,8 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
-use crate::audit::{Event, Record};
+use crate::audit::Record;
 use crate::config::{BrowserConfig, PublicOrigin};
+use crate::decision::Decision;
 use crate::reason::Reason;
 use crate::session::Session as UserSession;
 use crate::store::{ReplayStore, StoreError, Taken};
@@ -50,8 +51,8 @@ pub struct Answer {
     pub headers: Vec<(&'static str, String)>,
     /// Response body.
     pub body: Vec<u8>,
-    /// The audit record to write (event and reason set).
-    pub record: Option<Record>,
+    /// The decision, with the audit record to write it in.
+    pub decided: Option<(Decision, Record)>,
 }
 
 /// A held request whose confirmation arrived: forward it, then clear the resume cookie.
@@ -159,7 +160,6 @@ impl Browser {
             tracing::warn!(error = %e, "hold not stored");
             return self.refused(Reason::StoreUnavailable, record, None);
         }
-        record.event = Some(Event::Challenged);
         let location = format!("{}/confirm/{id}", self.config.origin.origin());
         Answer {
             status: 303,
@@ -169,7 +169,7 @@ impl Browser {
                 ("content-type", "text/plain; charset=utf-8".to_string()),
             ],
             body: b"This action needs your confirmation.\n".to_vec(),
-            record: Some(record),
+            decided: Some((Decision::Challenged, record)),
         }
     }
 
@@ -278,9 +278,7 @@ impl Browser {
         let Some(hold) = hold else {
             return self.unknown_hold();
         };
-        let mut record = self.record_of(&hold);
-        record.event = Some(Event::Rejected);
-        record.reason = Some(Reason::Cancelled.as_str());
+        let record = self.record_of(&hold);
         Answer {
             status: 303,
             headers: vec![
@@ -288,7 +286,7 @@ impl Browser {
                 ("cache-control", "no-store".to_string()),
             ],
             body: Vec::new(),
-            record: Some(record),
+            decided: Some((Decision::Rejected(Reason::Cancelled), record)),
         }
     }
 
@@ -345,7 +343,7 @@ impl Browser {
                 ("referrer-policy", "no-referrer".to_string()),
             ],
             body: Vec::new(),
-            record: None,
+            decided: None,
         }
     }
 
@@ -420,7 +418,6 @@ impl Browser {
             Ok(Taken::Unknown) => return Err(self.unknown_hold()),
             Err(_) => return Err(self.refused(Reason::StoreUnavailable, record, Some(&hold))),
         };
-        record.event = Some(Event::Accepted);
         record.via = Some("browser".to_string());
         record.user_verified = Some(proven.user_verified);
         let clear_cookie = format!(
@@ -506,8 +503,6 @@ impl Browser {
 
     /// A refusal page for a person, with its audit record.
     fn refused(&self, reason: Reason, mut record: Record, hold: Option<&Hold>) -> Answer {
-        record.event = Some(Event::Rejected);
-        record.reason = Some(reason.as_str());
         record.via = Some("browser".to_string());
         let status = match reason {
             Reason::StoreUnavailable | Reason::AuditUnavailable => 503,
@@ -515,16 +510,15 @@ impl Browser {
             _ => 403,
         };
         let back = self.back(hold.and_then(|h| h.referer.as_deref()));
-        self.page_answer(status, page::refusal(reason, Some(&back)), Some(record))
+        let decided = Some((Decision::Rejected(reason), record));
+        self.page_answer(status, page::refusal(reason, Some(&back)), decided)
     }
 
     /// A refusal of a ceremony step, answered to the page's script: it navigates to the page.
     fn refused_json(&self, reason: Reason, mut record: Record) -> Answer {
-        record.event = Some(Event::Rejected);
-        record.reason = Some(reason.as_str());
         record.via = Some("browser".to_string());
         let mut answer = self.json_next(&self.refusal_url(reason));
-        answer.record = Some(record);
+        answer.decided = Some((Decision::Rejected(reason), record));
         answer
     }
 
@@ -537,7 +531,7 @@ impl Browser {
             status: 200,
             headers: page::headers(content_type, &self.public_origin.origin()),
             body: body.as_bytes().to_vec(),
-            record: None,
+            decided: None,
         }
     }
 
@@ -546,16 +540,21 @@ impl Browser {
             status: 200,
             headers: page::headers("application/json", &self.public_origin.origin()),
             body: value.to_string().into_bytes(),
-            record: None,
+            decided: None,
         }
     }
 
-    fn page_answer(&self, status: u16, body: Vec<u8>, record: Option<Record>) -> Answer {
+    fn page_answer(
+        &self,
+        status: u16,
+        body: Vec<u8>,
+        decided: Option<(Decision, Record)>,
+    ) -> Answer {
         Answer {
             status,
             headers: page::headers("text/html; charset=utf-8", &self.public_origin.origin()),
             body,
-            record,
+            decided,
         }
     }
 }
