@@ -1,6 +1,6 @@
 //! The `countersign` command line: parse arguments, load config, hand off.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -198,6 +198,64 @@ fn describe_setup(config: &config::Config) -> String {
     format!("session {session}\nstore {store}\naudit {audit}")
 }
 
+/// Why a command failed; printed as `countersign: {error}`.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Build(#[from] server::BuildError),
+    #[error(transparent)]
+    Signer(#[from] countersign::provenance::SignerError),
+    #[error("{file}: {source}")]
+    SessionKey {
+        file: String,
+        source: countersign::session::KeyLoadError,
+    },
+    #[error(transparent)]
+    Demo(#[from] demo::DemoError),
+    #[error(transparent)]
+    BrowserDemo(#[from] countersign::browser::demo::DemoError),
+    #[error(transparent)]
+    Request(#[from] countersign::client::RequestError),
+    #[error(transparent)]
+    Method(#[from] countersign::client::MethodError),
+    #[error(transparent)]
+    Revoke(#[from] revocation::RevokeError),
+    #[error(transparent)]
+    Key(#[from] countersign::keys::KeyError),
+    #[error(transparent)]
+    Audit(#[from] audit::VerifyError),
+    /// A file that cannot be read or written.
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A file that was read but cannot be used.
+    #[error("{path}: {what}")]
+    Unusable { path: String, what: String },
+    /// Arguments that do not fit together.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    fn file(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+        move |source| CliError::File {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    fn unusable(path: &Path, what: String) -> CliError {
+        CliError::Unusable {
+            path: path.display().to_string(),
+            what,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
@@ -209,17 +267,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<(), String> {
+fn run(command: Command) -> Result<(), CliError> {
     match command {
         Command::Run { config, upgrade } => {
-            let config = config::load(&config).map_err(|e| e.to_string())?;
+            let config = config::load(&config)?;
             init_logs(config.log);
             let start = if upgrade {
                 server::Start::Upgrade
             } else {
                 server::Start::Fresh
             };
-            let assembled = server::assemble_process(config, start).map_err(|e| e.to_string())?;
+            let assembled = server::assemble_process(config, start)?;
             tracing::info!(
                 listen = %assembled.summary.listen,
                 metrics = %assembled.summary.metrics.as_deref().unwrap_or("off"),
@@ -231,13 +289,15 @@ fn run(command: Command) -> Result<(), String> {
         }
         Command::Check { config: path } => {
             use std::fmt::Write as _;
-            let config = config::load(&path).map_err(|e| e.to_string())?;
+            let config = config::load(&path)?;
             // Keys and secrets load now, so `check` fails where `run` would.
             let signer =
-                countersign::provenance::Signer::load(config.provenance.signing_key.as_deref())
-                    .map_err(|e| e.to_string())?;
+                countersign::provenance::Signer::load(config.provenance.signing_key.as_deref())?;
             countersign::session::Sessions::new(&config.session, config.confirmation.clock_skew)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|source| CliError::SessionKey {
+                    file: path.display().to_string(),
+                    source,
+                })?;
             let mut out = format!("{}: ok\nlisten {}\n", path.display(), config.listen);
             let _ = writeln!(out, "{}", describe_setup(&config));
             // `run` refuses a name that does not resolve; here it is only a warning, since the
@@ -307,22 +367,19 @@ fn run(command: Command) -> Result<(), String> {
             print_out(&out);
             Ok(())
         }
-        Command::Demo { browser: true, .. } => {
-            countersign::browser::demo::run().map_err(|e| e.to_string())
-        }
-        Command::Demo { serve: false, .. } => demo::run().map_err(|e| e.to_string()),
+        Command::Demo { browser: true, .. } => Ok(countersign::browser::demo::run()?),
+        Command::Demo { serve: false, .. } => Ok(demo::run()?),
         Command::Demo {
             serve: true,
             listen,
             metrics,
             audit,
             ..
-        } => demo::serve(demo::ServeOptions {
+        } => Ok(demo::serve(demo::ServeOptions {
             listen,
             metrics,
             audit,
-        })
-        .map_err(|e| e.to_string()),
+        })?),
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -335,10 +392,9 @@ fn run(command: Command) -> Result<(), String> {
         Command::Audit {
             command: AuditCommand::Unprotected { file, config },
         } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let text = std::fs::read_to_string(&file).map_err(CliError::file(&file))?;
             let config = match config {
-                Some(path) => Some(config::load(&path).map_err(|e| e.to_string())?),
+                Some(path) => Some(config::load(&path)?),
                 None => None,
             };
             let upstream_of = |route: &str| {
@@ -357,16 +413,15 @@ fn run(command: Command) -> Result<(), String> {
                     subject,
                 },
         } => {
-            let config = config::load(&config).map_err(|e| e.to_string())?;
+            let config = config::load(&config)?;
             let what = match (session_hash, subject) {
                 (Some(hash), _) => revocation::Revocation::SessionHash(hash),
                 (None, Some(subject)) => revocation::Revocation::Subject(subject),
-                (None, None) => return Err("give --session-hash or --subject".to_string()),
+                (None, None) => {
+                    return Err(CliError::Usage("give --session-hash or --subject".into()))
+                }
             };
-            println!(
-                "{}",
-                revocation::revoke(&config, &what).map_err(|e| e.to_string())?
-            );
+            println!("{}", revocation::revoke(&config, &what)?);
             Ok(())
         }
         Command::Keygen { out, alg, force } => {
@@ -377,15 +432,16 @@ fn run(command: Command) -> Result<(), String> {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let alg = ProofAlg::from_name(&alg)
-                .ok_or_else(|| format!("unknown algorithm {alg:?}; known: {}", known()))?;
+            let alg = ProofAlg::from_name(&alg).ok_or_else(|| {
+                CliError::Usage(format!("unknown algorithm {alg:?}; known: {}", known()))
+            })?;
             if !matches!(alg, ProofAlg::Es256 | ProofAlg::EdDsa) {
                 eprintln!(
                     "note: the gateway accepts {} proofs only if its confirmation.algs lists it (the default is [ES256, EdDSA])",
                     alg.as_str()
                 );
             }
-            let key = DeviceKey::generate(alg).map_err(|e| e.to_string())?;
+            let key = DeviceKey::generate(alg)?;
             write_private(&out, key.to_pkcs8_pem().as_bytes(), force)?;
             println!("{}", key.jkt());
             eprintln!(
@@ -395,7 +451,7 @@ fn run(command: Command) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Request(args) => countersign::client::run(args).map_err(|e| e.to_string()),
+        Command::Request(args) => Ok(countersign::client::run(args)?),
         Command::Proof {
             key,
             method,
@@ -403,18 +459,17 @@ fn run(command: Command) -> Result<(), String> {
             nonce,
             token,
         } => {
-            countersign::client::checked_method(&method).map_err(|e| e.to_string())?;
+            countersign::client::checked_method(&method)?;
             let absolute = url.parse::<http::Uri>().ok().filter(|u| {
                 matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
             });
             if absolute.is_none() {
-                return Err(format!(
+                return Err(CliError::Usage(format!(
                     "--url {url:?}: the proof's htu must be the full URL the gateway is reached at, with scheme and host, e.g. http://127.0.0.1:8080/api/users/42"
-                ));
+                )));
             }
-            let pem =
-                std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-            let key = DeviceKey::from_pkcs8_pem(&pem).map_err(|e| e.to_string())?;
+            let pem = std::fs::read_to_string(&key).map_err(CliError::file(&key))?;
+            let key = DeviceKey::from_pkcs8_pem(&pem)?;
             println!(
                 "{}",
                 key.proof(&method, &url, nonce.as_deref(), token.as_deref())
@@ -426,11 +481,11 @@ fn run(command: Command) -> Result<(), String> {
 
 /// `audit verify`: the chain, then the checkpoint (its signature too when a JWKS is given).
 fn verify_audit(
-    file: &std::path::Path,
+    file: &Path,
     from: Option<String>,
     checkpoint: Option<&str>,
-    jwks: Option<&std::path::Path>,
-) -> Result<(), String> {
+    jwks: Option<&Path>,
+) -> Result<(), CliError> {
     let key = match jwks {
         Some(path) => Some(load_jwk(path)?),
         None => None,
@@ -438,7 +493,7 @@ fn verify_audit(
     let checkpoint = checkpoint
         .map(|jws| audit::checkpoint_claims(jws, key.as_ref()))
         .transpose()
-        .map_err(|e| format!("{}: checkpoint: {e}", file.display()))?;
+        .map_err(|e| CliError::unusable(file, format!("checkpoint: {e}")))?;
     let covered = checkpoint.as_ref().map(|c| c.count);
     let expect = audit::Expect { from, checkpoint };
     match audit::verify(file, &expect) {
@@ -453,30 +508,24 @@ fn verify_audit(
             print_out(&format!("{out}\n"));
             Ok(())
         }
-        Err(e @ audit::VerifyError::Unreadable { .. }) => Err(e.to_string()),
-        Err(e) => Err(format!("{}: {e}", file.display())),
+        Err(e @ audit::VerifyError::Unreadable { .. }) => Err(e.into()),
+        Err(e) => Err(CliError::unusable(file, e.to_string())),
     }
 }
 
 /// The first key of a JWKS file (or a file holding one JWK).
-fn load_jwk(path: &std::path::Path) -> Result<countersign::jwk::PublicJwk, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+fn load_jwk(path: &Path) -> Result<countersign::jwk::PublicJwk, CliError> {
+    let text = std::fs::read_to_string(path).map_err(CliError::file(path))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::unusable(path, format!("not JSON: {e}")))?;
     let jwk = value
         .get("keys")
         .and_then(|k| k.get(0))
         .unwrap_or(&value)
         .as_object()
-        .ok_or_else(|| format!("{}: no JWK", path.display()))?;
-    countersign::jwk::PublicJwk::parse(jwk).map_err(|e| {
-        format!(
-            "{}: not a usable public key: {}",
-            path.display(),
-            e.as_str()
-        )
-    })
+        .ok_or_else(|| CliError::unusable(path, "no JWK".into()))?;
+    countersign::jwk::PublicJwk::parse(jwk)
+        .map_err(|e| CliError::unusable(path, format!("not a usable public key: {}", e.as_str())))
 }
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error.
@@ -485,14 +534,14 @@ fn print_out(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
-fn write_private(path: &PathBuf, bytes: &[u8], force: bool) -> Result<(), String> {
+fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), CliError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if force {
         // A fresh file, so the 0600 mode applies whatever the old one had.
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(format!("{}: {e}", path.display()))
+                return Err(CliError::file(path)(e))
             }
             _ => {}
         }
@@ -503,14 +552,14 @@ fn write_private(path: &PathBuf, bytes: &[u8], force: bool) -> Result<(), String
         .mode(0o600)
         .open(path)
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => format!(
-                "{} already exists; keeping it (pass --force to replace it, or --out another path)",
-                path.display()
+            std::io::ErrorKind::AlreadyExists => CliError::unusable(
+                path,
+                "already exists; keeping it (pass --force to replace it, or --out another path)"
+                    .into(),
             ),
-            _ => format!("{}: {e}", path.display()),
+            _ => CliError::file(path)(e),
         })?;
-    f.write_all(bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    f.write_all(bytes).map_err(CliError::file(path))
 }
 
 fn init_logs(format: LogConfig) {

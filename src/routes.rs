@@ -49,19 +49,19 @@ pub struct PathTemplate {
 
 impl PathTemplate {
     /// Parses and compiles a template; the error says what is wrong and what is expected.
-    pub fn parse(template: &str) -> Result<PathTemplate, String> {
+    pub fn parse(template: &str) -> Result<PathTemplate, TemplateError> {
         let Some(body) = template.strip_prefix('/') else {
-            return Err(format!(
+            return Err(TemplateError(format!(
                 "path template {template:?} must start with '/', e.g. \"/api/users/{{id}}\""
-            ));
+            )));
         };
         if let Some(bad) = body
             .chars()
             .find(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
         {
-            return Err(format!(
+            return Err(TemplateError(format!(
                 "path template {template:?}: character {bad:?} cannot appear in a request path (templates match the path only, without query)"
-            ));
+            )));
         }
         let raw: Vec<&str> = body.split('/').collect();
         let mut names: Vec<&str> = Vec::new();
@@ -69,9 +69,9 @@ impl PathTemplate {
         for (i, part) in raw.iter().enumerate() {
             let last = i + 1 == raw.len();
             if part.is_empty() && !last {
-                return Err(format!(
+                return Err(TemplateError(format!(
                     "path template {template:?} has an empty segment (\"//\")"
-                ));
+                )));
             }
             let segment = if let Some(inner) =
                 part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
@@ -79,34 +79,34 @@ impl PathTemplate {
                 let (name, segment) = match inner.strip_prefix('*') {
                     Some(name) if last => (name, Segment::CatchAll),
                     Some(_) => {
-                        return Err(format!(
+                        return Err(TemplateError(format!(
                             "path template {template:?}: the catch-all {part:?} must be the last segment"
-                        ))
+                        )))
                     }
                     None => (inner, Segment::Param),
                 };
                 if !is_param_name(name) {
-                    return Err(format!(
+                    return Err(TemplateError(format!(
                         "path template {template:?}: parameter name {name:?} must match [A-Za-z_][A-Za-z0-9_]*"
-                    ));
+                    )));
                 }
                 if names.contains(&name) {
-                    return Err(format!(
+                    return Err(TemplateError(format!(
                         "path template {template:?}: parameter {name:?} appears twice"
-                    ));
+                    )));
                 }
                 names.push(name);
                 segment
             } else {
                 if let Some(fix) = foreign_syntax(part) {
-                    return Err(format!(
+                    return Err(TemplateError(format!(
                         "path template {template:?}: segment {part:?} looks like another router's syntax; {fix}"
-                    ));
+                    )));
                 }
                 if part.contains(['{', '}']) {
-                    return Err(format!(
+                    return Err(TemplateError(format!(
                         "path template {template:?}: segment {part:?} has a stray brace; a parameter is a whole segment, {{name}} or {{*name}}"
-                    ));
+                    )));
                 }
                 Segment::Literal((*part).to_string())
             };
@@ -211,6 +211,11 @@ fn is_param_name(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+/// A path template that cannot be used: what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(pub String);
 
 /// One configured route.
 #[derive(Debug, Clone)]
@@ -687,7 +692,7 @@ mod tests {
         ];
         for (text, want) in cases {
             let err = PathTemplate::parse(text).expect_err(text);
-            assert!(err.contains(want), "{text}: {err}");
+            assert!(err.0.contains(want), "{text}: {err}");
         }
     }
 

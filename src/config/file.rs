@@ -19,9 +19,9 @@ use serde::Deserialize;
 use serde_path_to_error::Segment;
 
 use super::{
-    AuditConfig, BrowserConfig, Config, ConfigError, ConfirmationConfig, CookieJwtSubject, JwtKeys,
-    LogConfig, MetricsConfig, ProvenanceConfig, PublicOrigin, ServerConfig, SessionConfig,
-    SessionKind, StoreConfig, Upstream, UpstreamScheme, UserVerification,
+    AuditConfig, BrowserConfig, Config, ConfigError, ConfirmationConfig, CookieJwtSubject,
+    InvalidValue, JwtKeys, LogConfig, MetricsConfig, ProvenanceConfig, PublicOrigin, ServerConfig,
+    SessionConfig, SessionKind, StoreConfig, Upstream, UpstreamScheme, UserVerification,
 };
 use std::sync::Arc;
 
@@ -164,7 +164,7 @@ trait Scalar: Sized {
     /// What a valid value looks like, for serde's "invalid type" messages.
     const EXPECTED: &'static str;
     /// Parses the text; the error says what is wrong and what was expected.
-    fn parse(text: &str) -> Result<Self, String>;
+    fn parse(text: &str) -> Result<Self, InvalidValue>;
 }
 
 /// A [`Scalar`] as it appears in a `File*` struct.
@@ -192,7 +192,7 @@ impl<'de, T: Scalar> Deserialize<'de> for Parsed<T> {
 
 impl Scalar for Duration {
     const EXPECTED: &'static str = "a duration like 250ms, 60s, 5m or 12h";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
         super::parse_duration(text)
     }
 }
@@ -202,19 +202,19 @@ struct Bytes(usize);
 
 impl Scalar for Bytes {
     const EXPECTED: &'static str = "a size like 64KiB or 1MiB";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
         super::parse_size(text).map(Bytes)
     }
 }
 
 impl Scalar for SocketAddr {
     const EXPECTED: &'static str = "a socket address like 0.0.0.0:8080 or [::]:8080";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
         text.parse().map_err(|_| {
-            format!(
+            InvalidValue(format!(
                 "{text:?} is not a socket address; expected an IP address and port like \
                  0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080"
-            )
+            ))
         })
     }
 }
@@ -229,39 +229,41 @@ struct HostPort {
 
 impl Scalar for HostPort {
     const EXPECTED: &'static str = "host:port, e.g. 127.0.0.1:9000 or backend.internal:8443";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
         let expected =
             "expected host:port, e.g. 127.0.0.1:9000, [::1]:9000 or backend.internal:8443";
         if text.contains("://") {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "{text:?} has a scheme; expected host:port (set tls: true for HTTPS)"
-            ));
+            )));
         }
         let (host, port) = if let Some(bracketed) = text.strip_prefix('[') {
             let Some((host, port)) = bracketed.split_once("]:") else {
-                return Err(format!("{text:?} lacks a port; {expected}"));
+                return Err(InvalidValue(format!("{text:?} lacks a port; {expected}")));
             };
             if host.parse::<Ipv6Addr>().is_err() {
-                return Err(format!("{host:?} is not an IPv6 address; {expected}"));
+                return Err(InvalidValue(format!(
+                    "{host:?} is not an IPv6 address; {expected}"
+                )));
             }
             (host, port)
         } else {
             let Some((host, port)) = text.rsplit_once(':') else {
-                return Err(format!("{text:?} lacks a port; {expected}"));
+                return Err(InvalidValue(format!("{text:?} lacks a port; {expected}")));
             };
             if host.contains(':') {
-                return Err(format!(
+                return Err(InvalidValue(format!(
                     "{text:?}: an IPv6 address needs brackets; {expected}"
-                ));
+                )));
             }
             if !is_host_name(host) {
-                return Err(format!(
+                return Err(InvalidValue(format!(
                     "{host:?} is not a host name or address; {expected}"
-                ));
+                )));
             }
             (host, port)
         };
-        parse_port(port).map_err(|e| format!("{text:?}: {e}; {expected}"))?;
+        parse_port(port).map_err(|e| InvalidValue(format!("{text:?}: {e}; {expected}")))?;
         Ok(HostPort {
             text: text.to_string(),
             host: host.to_string(),
@@ -278,56 +280,64 @@ fn is_host_name(host: &str) -> bool {
 }
 
 /// A TCP port 1..=65535, digits only.
-fn parse_port(port: &str) -> Result<u16, String> {
+fn parse_port(port: &str) -> Result<u16, InvalidValue> {
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("port {port:?} is not a number"));
+        return Err(InvalidValue(format!("port {port:?} is not a number")));
     }
     match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("port {port} is not in 1..=65535")),
+        Ok(0) | Err(_) => Err(InvalidValue(format!("port {port} is not in 1..=65535"))),
         Ok(p) => Ok(p),
     }
 }
 
 impl Scalar for PublicOrigin {
     const EXPECTED: &'static str = "an origin like https://admin.example.com";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
         let expected = "expected an origin like https://admin.example.com, optionally with a path \
                         prefix like https://example.com/admin";
         let Some((scheme, rest)) = text.split_once("://") else {
-            return Err(format!("{text:?} has no scheme; {expected}"));
+            return Err(InvalidValue(format!("{text:?} has no scheme; {expected}")));
         };
         let scheme = scheme.to_ascii_lowercase();
         let default_port = match scheme.as_str() {
             "https" => 443,
             "http" => 80,
             _ => {
-                return Err(format!(
+                return Err(InvalidValue(format!(
                     "scheme {scheme:?} is not http or https; {expected}"
-                ))
+                )))
             }
         };
         if rest.contains('?') {
-            return Err(format!("{text:?} has a query; {expected}"));
+            return Err(InvalidValue(format!("{text:?} has a query; {expected}")));
         }
         if rest.contains('#') {
-            return Err(format!("{text:?} has a fragment; {expected}"));
+            return Err(InvalidValue(format!("{text:?} has a fragment; {expected}")));
         }
         let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         if authority.contains('@') {
-            return Err(format!("{text:?} has user info; {expected}"));
+            return Err(InvalidValue(format!("{text:?} has user info; {expected}")));
         }
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
             let Some((address, after)) = bracketed.split_once(']') else {
-                return Err(format!("{text:?} has an unclosed '['; {expected}"));
+                return Err(InvalidValue(format!(
+                    "{text:?} has an unclosed '['; {expected}"
+                )));
             };
             if address.parse::<Ipv6Addr>().is_err() {
-                return Err(format!("{address:?} is not an IPv6 address; {expected}"));
+                return Err(InvalidValue(format!(
+                    "{address:?} is not an IPv6 address; {expected}"
+                )));
             }
             let port = match after {
                 "" => None,
                 _ => match after.strip_prefix(':') {
                     Some(port) => Some(port),
-                    None => return Err(format!("{text:?}: junk after ']'; {expected}")),
+                    None => {
+                        return Err(InvalidValue(format!(
+                            "{text:?}: junk after ']'; {expected}"
+                        )))
+                    }
                 },
             };
             (format!("[{}]", address.to_ascii_lowercase()), port)
@@ -337,7 +347,9 @@ impl Scalar for PublicOrigin {
                 None => (authority, None),
             };
             if !is_host_name(host) {
-                return Err(format!("{host:?} is not a host name; {expected}"));
+                return Err(InvalidValue(format!(
+                    "{host:?} is not a host name; {expected}"
+                )));
             }
             (host.to_ascii_lowercase(), port)
         };
@@ -346,21 +358,21 @@ impl Scalar for PublicOrigin {
             Some(port) => match parse_port(port) {
                 Ok(p) if p == default_port => None,
                 Ok(p) => Some(p),
-                Err(e) => return Err(format!("{text:?}: {e}; {expected}")),
+                Err(e) => return Err(InvalidValue(format!("{text:?}: {e}; {expected}"))),
             },
         };
         if prefix.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "{text:?}: the path prefix has whitespace; {expected}"
-            ));
+            )));
         }
         if prefix
             .split('/')
             .any(|segment| segment == "." || segment == "..")
         {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "{text:?}: the path prefix has a dot segment; {expected}"
-            ));
+            )));
         }
         Ok(PublicOrigin {
             scheme,
@@ -373,40 +385,40 @@ impl Scalar for PublicOrigin {
 
 impl Scalar for IpNet {
     const EXPECTED: &'static str = "a CIDR like 10.0.0.0/8 or an IP address";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
         text.parse::<IpNet>()
             .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
             .map_err(|_| {
-                format!(
+                InvalidValue(format!(
                     "{text:?} is not a network; expected a CIDR like 10.0.0.0/8 or fd00::/8, \
                      or a single address like 192.0.2.1"
-                )
+                ))
             })
     }
 }
 
 impl Scalar for Method {
     const EXPECTED: &'static str = "an HTTP method like GET, POST or DELETE";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
         let upper = text.to_ascii_uppercase();
         if KNOWN_METHODS.contains(&text) {
-            Method::from_bytes(text.as_bytes()).map_err(|e| format!("{text:?}: {e}"))
+            Method::from_bytes(text.as_bytes()).map_err(|e| InvalidValue(format!("{text:?}: {e}")))
         } else if KNOWN_METHODS.contains(&upper.as_str()) {
-            Err(format!(
+            Err(InvalidValue(format!(
                 "HTTP methods are case-sensitive: write {upper:?}, not {text:?}"
-            ))
+            )))
         } else {
-            Err(format!(
+            Err(InvalidValue(format!(
                 "unknown HTTP method {text:?}; expected one of {}",
                 KNOWN_METHODS.join(", ")
-            ))
+            )))
         }
     }
 }
 
 impl Scalar for ProofAlg {
     const EXPECTED: &'static str = "a proof algorithm name like ES256 or EdDSA";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
         let accepted = "ES256, ES384, EdDSA (or Ed25519), RS256, PS256";
         if let Some(alg) = ProofAlg::from_name(text) {
             return Ok(alg);
@@ -418,16 +430,16 @@ impl Scalar for ProofAlg {
         } else {
             "it is not a supported proof algorithm".to_string()
         };
-        Err(format!(
+        Err(InvalidValue(format!(
             "algorithm {text:?} is not accepted: {why}; expected one of {accepted}"
-        ))
+        )))
     }
 }
 
 impl Scalar for PathTemplate {
     const EXPECTED: &'static str = "a path template like /api/users/{id} or /{*rest}";
-    fn parse(text: &str) -> Result<Self, String> {
-        PathTemplate::parse(text)
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
+        PathTemplate::parse(text).map_err(|e| InvalidValue(e.0))
     }
 }
 
@@ -436,18 +448,22 @@ struct HeaderText(String);
 
 impl Scalar for HeaderText {
     const EXPECTED: &'static str = "an HTTP header name like x-session";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
         let name = HeaderName::from_bytes(text.as_bytes()).map_err(|_| {
-            format!("{text:?} is not an HTTP header name; expected a token like x-session")
+            InvalidValue(format!(
+                "{text:?} is not an HTTP header name; expected a token like x-session"
+            ))
         })?;
         if name == "dpop" {
-            return Err("the DPoP header carries proofs; expected another header name".to_string());
+            return Err(InvalidValue(
+                "the DPoP header carries proofs; expected another header name".to_string(),
+            ));
         }
         if name.as_str().contains('_') {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "{text:?}: the gateway drops header names containing '_' (CGI-style servers read them as '-'); use {:?}",
                 name.as_str().replace('_', "-")
-            ));
+            )));
         }
         Ok(HeaderText(name.as_str().to_string()))
     }
@@ -458,12 +474,12 @@ struct CookieName(String);
 
 impl Scalar for CookieName {
     const EXPECTED: &'static str = "a cookie name like session_id";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
         let is_token_char = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
         if text.is_empty() || !text.chars().all(is_token_char) {
-            return Err(format!(
+            return Err(InvalidValue(format!(
                 "{text:?} is not a cookie name; expected a token like session_id"
-            ));
+            )));
         }
         Ok(CookieName(text.to_string()))
     }
@@ -474,7 +490,7 @@ struct RedisUrl(String);
 
 impl Scalar for RedisUrl {
     const EXPECTED: &'static str = "a Redis URL like redis://127.0.0.1:6379";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, InvalidValue> {
         let schemes = [
             "redis://",
             "rediss://",
@@ -483,11 +499,11 @@ impl Scalar for RedisUrl {
         ];
         match schemes.iter().find_map(|s| text.strip_prefix(s)) {
             Some(rest) if !rest.is_empty() => Ok(RedisUrl(text.to_string())),
-            _ => Err(format!(
+            _ => Err(InvalidValue(format!(
                 "{text:?} is not a Redis URL; expected one starting with {} and a host, \
                  e.g. redis://127.0.0.1:6379",
                 schemes.join(", ")
-            )),
+            ))),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::alg::ProofAlg;
 use crate::routes::RouteTable;
 
 pub use file::{load, parse};
-pub use units::{parse_duration, parse_size};
+pub use units::{parse_duration, parse_size, InvalidValue};
 
 /// A configuration error: which file, which field, what was expected.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,13 @@ use super::Facts;
 /// Deepest JSON nesting turned into Cedar records; deeper values are left out.
 const MAX_DEPTH: usize = 16;
 
-/// The Cedar query for `facts`; `Err(field)` when the query or form repeats a field with
+/// A field the query or the form repeats with different values (its name, at most 64
+/// characters).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field {0:?} repeated with different values")]
+pub struct Ambiguous(String);
+
+/// The Cedar query for `facts`; `Err` when the query or form repeats a field with
 /// different values, which no policy can decide on (the upstream may read either).
 pub fn query(
     facts: &Facts<'_>,
@@ -21,7 +27,7 @@ pub fn query(
     ip_changed: bool,
     network: Option<&str>,
     now: i64,
-) -> Result<Query, String> {
+) -> Result<Query, Ambiguous> {
     let session = facts.session;
     let claims = session.claims.as_deref();
     let groups: Vec<String> = match claims.and_then(|c| c.get(groups_claim)) {
@@ -162,7 +168,7 @@ fn time(now: i64) -> Expr {
 
 /// The body's fields: a JSON object, or an `application/x-www-form-urlencoded` form; an empty
 /// record otherwise.
-fn body(facts: &Facts<'_>) -> Result<Expr, String> {
+fn body(facts: &Facts<'_>) -> Result<Expr, Ambiguous> {
     let media = facts
         .content_type
         .map(|c| {
@@ -186,14 +192,14 @@ fn body(facts: &Facts<'_>) -> Result<Expr, String> {
 
 /// URL-encoded name=value pairs as a record of strings. A name given twice with one value is
 /// that value; with different values it is ambiguous.
-fn fields(text: &[u8]) -> Result<Expr, String> {
+fn fields(text: &[u8]) -> Result<Expr, Ambiguous> {
     let mut seen: HashMap<String, String> = HashMap::new();
     for (name, value) in form_urlencoded::parse(text) {
         match seen.get(name.as_ref()) {
             Some(earlier) if *earlier != value => {
                 // The name is client data: bounded before it reaches a log line.
                 let shown: String = name.chars().take(64).collect();
-                return Err(format!("field {shown:?} repeated with different values"));
+                return Err(Ambiguous(shown));
             }
             Some(_) => {}
             None => {

@@ -154,7 +154,7 @@ impl RedisStore {
     /// `redis+cluster://host:port[,host:port...]`) whose operations each give up after `timeout`.
     /// Parses the URL and starts the client thread; connects on first use.
     pub fn new(url: &str, timeout: Duration) -> Result<RedisStore, RedisSetupError> {
-        let target = Target::parse(url, timeout).map_err(RedisSetupError::Url)?;
+        let target = Target::parse(url, timeout)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("countersign-redis")
@@ -455,15 +455,19 @@ enum Target {
 
 impl Target {
     /// Parses a URL without connecting. Errors never repeat the URL: it may hold a password.
-    fn parse(url: &str, timeout: Duration) -> Result<Target, String> {
+    fn parse(url: &str, timeout: Duration) -> Result<Target, RedisSetupError> {
         let connect = timeout.max(CONNECT_FLOOR);
-        let invalid = |e: RedisError| format!("not a usable Redis URL ({})", e.category());
+        let invalid = |e: RedisError| {
+            RedisSetupError::Url(format!("not a usable Redis URL ({})", e.category()))
+        };
         if let Some(rest) = url.strip_prefix("redis+cluster://") {
             let nodes = Endpoints::parse(rest, 6379)?;
             if !nodes.path.is_empty() {
-                return Err("a redis+cluster URL takes no database or path: \
+                return Err(RedisSetupError::Url(
+                    "a redis+cluster URL takes no database or path: \
                             Redis Cluster only has database 0"
-                    .to_string());
+                        .to_string(),
+                ));
             }
             let urls = nodes
                 .hosts
@@ -483,9 +487,11 @@ impl Target {
                 None => (sentinels.path, ""),
             };
             if master.is_empty() {
-                return Err("a redis+sentinel URL names the master after the hosts, \
+                return Err(RedisSetupError::Url(
+                    "a redis+sentinel URL names the master after the hosts, \
                             e.g. redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster"
-                    .to_string());
+                        .to_string(),
+                ));
             }
             // The credentials and database apply to the master; sentinels are asked without.
             let master_info = format!("redis://{}localhost/{db}", sentinels.userinfo)
@@ -513,9 +519,11 @@ impl Target {
             });
         }
         if url.starts_with("rediss://") {
-            return Err("rediss:// (TLS) is not supported by this build; \
+            return Err(RedisSetupError::Url(
+                "rediss:// (TLS) is not supported by this build; \
                         use redis:// on a trusted network or through a TLS sidecar"
-                .to_string());
+                    .to_string(),
+            ));
         }
         let client = Client::open(url).map_err(invalid)?;
         let config = ConnectionManagerConfig::new()
@@ -558,12 +566,12 @@ struct Endpoints<'a> {
 }
 
 impl<'a> Endpoints<'a> {
-    fn parse(rest: &'a str, default_port: u16) -> Result<Endpoints<'a>, String> {
+    fn parse(rest: &'a str, default_port: u16) -> Result<Endpoints<'a>, RedisSetupError> {
         if rest.contains('?') {
-            return Err(
+            return Err(RedisSetupError::Url(
                 "query parameters are not supported in redis+cluster/redis+sentinel URLs"
                     .to_string(),
-            );
+            ));
         }
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hosts) = match authority.rfind('@') {
@@ -579,7 +587,9 @@ impl<'a> Endpoints<'a> {
                     None => host.contains(':'),
                 };
                 if host.is_empty() {
-                    Err("an empty host in the host list".to_string())
+                    Err(RedisSetupError::Url(
+                        "an empty host in the host list".to_string(),
+                    ))
                 } else if has_port {
                     Ok(host.to_string())
                 } else {
@@ -749,7 +759,7 @@ mod tests {
             let Err(e) = Target::parse(url, t) else {
                 panic!("{url} should be refused");
             };
-            assert!(!e.contains("hunter2"), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
         }
     }
 
