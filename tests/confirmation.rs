@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -1868,33 +1869,32 @@ async fn metrics_count_each_decision_exactly() {
         .await;
     assert_eq!(r.status, 401);
     let metrics = w.gw.metrics().await;
-    for line in [
-        r#"countersign_requests_total{decision="passthrough",route="default"} 1"#,
-        r#"countersign_requests_total{decision="challenged",route="delete-user"} 1"#,
-        r#"countersign_requests_total{decision="accepted",route="delete-user"} 1"#,
-        r#"countersign_requests_total{decision="rejected",route="delete-user"} 1"#,
-        r#"countersign_rejections_total{reason="replay",route="delete-user"} 1"#,
-        r#"countersign_replays_blocked_total{route="delete-user"} 1"#,
-    ] {
-        assert_metric(&metrics, line);
-    }
-    let requests: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("countersign_requests_total{"))
-        .collect();
+    // Every series of each counter, with its value: nothing else was counted.
+    let series = |name: &str| -> BTreeSet<&str> {
+        metrics
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .collect()
+    };
     assert_eq!(
-        requests.len(),
-        4,
-        "no other decisions counted: {requests:?}"
+        series("countersign_requests_total"),
+        BTreeSet::from([
+            r#"countersign_requests_total{decision="accepted",route="delete-user"} 1"#,
+            r#"countersign_requests_total{decision="challenged",route="delete-user"} 1"#,
+            r#"countersign_requests_total{decision="passthrough",route="default"} 1"#,
+            r#"countersign_requests_total{decision="rejected",route="delete-user"} 1"#,
+        ]),
+        "exactly these decisions are counted"
     );
-    let rejections: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("countersign_rejections_total{"))
-        .collect();
     assert_eq!(
-        rejections.len(),
-        1,
-        "no other rejections counted: {rejections:?}"
+        series("countersign_rejections_total"),
+        BTreeSet::from([r#"countersign_rejections_total{reason="replay",route="delete-user"} 1"#]),
+        "exactly these rejections are counted"
+    );
+    assert_eq!(
+        series("countersign_replays_blocked_total"),
+        BTreeSet::from([r#"countersign_replays_blocked_total{route="delete-user"} 1"#]),
     );
     assert!(
         metrics.contains("countersign_proof_verify_seconds_count"),
