@@ -39,10 +39,6 @@ routes:
     match: { path: "/redirect/{*rest}" }
     upstream: legacy
     risk: low
-  - name: download
-    match: { methods: [GET], path: "/download/{n}" }
-    upstream: legacy
-    risk: low
   - name: slow
     match: { methods: [GET], path: "/slow" }
     upstream: legacy

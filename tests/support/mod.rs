@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use countersign::server::{self, Running};
 use http::HeaderMap;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -69,7 +69,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Starts one on the current runtime. Paths: `/redirect/...` → 303 to its own origin,
-    /// `/slow[/MS]` → answers after MS (default 3000) ms, `/download/N` → N bytes streamed, else 200 JSON.
+    /// `/slow[/MS]` → answers after MS (default 3000) ms, else 200 JSON.
     pub async fn start() -> Upstream {
         Upstream::start_with(answer).await
     }
@@ -190,11 +190,6 @@ async fn answer(seen: Seen, addr: SocketAddr) -> Response<Body> {
         let ms = ms.trim_start_matches('/').parse().unwrap_or(3000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Response::builder().body(full("late"))
-    } else if let Some(n) = path.strip_prefix("/download/") {
-        let total: usize = n.parse().unwrap_or(0);
-        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-        let stream = futures_stream(total, chunk);
-        Response::builder().body(BodyExt::boxed(StreamBody::new(stream)))
     } else {
         Response::builder()
             .header("content-type", "application/json")
@@ -206,32 +201,6 @@ async fn answer(seen: Seen, addr: SocketAddr) -> Response<Body> {
 /// A whole body of text.
 pub fn full(s: &str) -> Body {
     BodyExt::boxed(Full::new(Bytes::from(s.to_string())))
-}
-
-/// A stream of `total` bytes in `chunk`-sized frames, generated as it is read.
-fn futures_stream(
-    total: usize,
-    chunk: Bytes,
-) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
-    struct Gen {
-        left: usize,
-        chunk: Bytes,
-    }
-    impl futures_core::Stream for Gen {
-        type Item = Result<Frame<Bytes>, Infallible>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            if self.left == 0 {
-                return std::task::Poll::Ready(None);
-            }
-            let n = self.left.min(self.chunk.len());
-            self.left -= n;
-            std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
-        }
-    }
-    Gen { left: total, chunk }
 }
 
 /// A gateway running in this process, with its audit log in a temp dir.
