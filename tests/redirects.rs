@@ -837,11 +837,11 @@ async fn continuation_nonce_from_another_device_is_device_mismatch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_nonce_keeps_its_device_when_the_session_binding_is_gone() {
-    let session = "session: { kind: cookie, cookie: sid, binding_ttl: 1s }";
+    let session = "session: { kind: cookie, cookie: sid, binding_ttl: 200ms }";
     let w = build(Some(PUBLIC), session, "").await;
     let (key, thief) = (es256(), es256());
     let (root, nonce) = deploy(&w, &key, SID).await;
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The session binding expired, so the device check passes; the nonce itself names `key`.
     let before = w.upstream.count();
@@ -897,10 +897,10 @@ async fn continuation_nonce_for_another_target_is_action_mismatch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_nonce_expires_after_continuation_ttl() {
-    let w = start(Some(PUBLIC), "confirmation: { continuation_ttl: 1s }").await;
+    let w = start(Some(PUBLIC), "confirmation: { continuation_ttl: 200ms }").await;
     let key = es256();
     let (_root, nonce) = deploy(&w, &key, SID).await;
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let before = w.upstream.count();
     let r = w
