@@ -8,19 +8,20 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::sync::Once;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use countersign::alg::ProofAlg;
 use countersign::keys::{self, DeviceKey};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::{assert_metric, one_winner, race, send, Gateway, Reply, Upstream};
+use support::world::{assert_nonce_shape, ed25519, es256, hex, World};
+use support::{assert_metric, one_winner, race, send};
 
 /// The session credential (cookie value) of most tests.
 const SID: &str = "alice-session-0f9a8c7e";
@@ -46,126 +47,40 @@ const COOKIE_SESSION: &str = "session: { kind: cookie, cookie: sid }";
 const HS256_ENV: &str = "CS_TEST_HS256";
 const HS256_SECRET: &str = "countersign-test-hs256-secret-0123456789abcdef";
 
-/// A gateway in front of a recording upstream.
-struct World {
-    gw: Gateway,
-    upstream: Upstream,
-    /// `gw.base` + `/api/users/42`: the request URL and the `htu` the gateway expects.
-    url: String,
+/// The high-impact target most tests confirm.
+const USER: &str = "/api/users/42";
+
+/// A cookie-session world with `extra` top-level config (e.g. `confirmation: {...}`).
+async fn cookie_world(extra: &str) -> World {
+    world(COOKIE_SESSION, extra).await
 }
 
-impl World {
-    /// A cookie-session world with `extra` top-level config (e.g. `confirmation: {...}`).
-    async fn cookie(extra: &str) -> World {
-        World::with(COOKIE_SESSION, extra).await
-    }
+async fn world(session: &str, extra: &str) -> World {
+    World::start(&format!("{session}\n{extra}\n{ROUTES}")).await
+}
 
-    async fn with(session: &str, extra: &str) -> World {
-        let upstream = Upstream::start().await;
-        let config = format!("{session}\n{extra}\n{ROUTES}");
-        let gw = Gateway::start(&config, &upstream).await;
-        let url = format!("{}/api/users/42", gw.base);
-        World { gw, upstream, url }
-    }
-
-    fn at(&self, path: &str) -> String {
-        format!("{}{path}", self.gw.base)
-    }
-
-    fn seen(&self) -> usize {
-        self.upstream.seen().len()
-    }
-
-    /// `DELETE /api/users/42` with the cookie session `sid` and `extra` headers.
-    async fn delete(&self, sid: &str, extra: &[(&str, &str)]) -> Reply {
-        let cookie = cookie(sid);
-        let mut headers = vec![("cookie", cookie.as_str())];
-        headers.extend_from_slice(extra);
-        send(&self.url, "DELETE", &headers, Bytes::new()).await
-    }
-
-    /// The nonce of a challenge for `DELETE /api/users/42` in session `sid`.
-    async fn challenge(&self, sid: &str) -> String {
-        challenge(
-            &self.url,
-            "DELETE",
-            &[("cookie", &cookie(sid))],
-            Bytes::new(),
-        )
-        .await
-    }
-
-    /// Challenges and confirms `DELETE /api/users/42` with `key`; returns the proof used.
-    async fn confirm(&self, sid: &str, key: &DeviceKey) -> String {
-        let nonce = self.challenge(sid).await;
-        let proof = key.proof("DELETE", &self.url, Some(&nonce), Some(sid));
-        let r = self.delete(sid, &[("dpop", &proof)]).await;
-        assert_eq!(
-            r.status,
-            200,
-            "confirmation should be accepted: {}",
-            text(&r)
-        );
-        proof
-    }
-
-    /// Asserts a refusal: status, error code, audit record, nothing forwarded, and for a `401`
-    /// of a valid session a fresh `DPoP-Nonce`.
-    fn assert_rejected(
-        &self,
-        r: &Reply,
-        seen_before: usize,
-        status: u16,
-        error: &str,
-        reason: &str,
-    ) {
-        assert_eq!(r.status, status, "status; body: {}", text(r));
-        if matches!(status, 400 | 401) {
-            assert_eq!(
-                r.dpop_error().as_deref(),
-                Some(error),
-                "WWW-Authenticate: {:?}",
-                r.header("www-authenticate")
-            );
-        }
-        let body = r.json();
-        assert_eq!(body["error"], error, "JSON error body: {body}");
-        assert!(
-            body["error_description"].is_string(),
-            "JSON error_description: {body}"
-        );
-        assert_eq!(r.header("cache-control"), Some("no-store"));
-        let audit = self.gw.audit_of(r);
-        assert_eq!(audit["event"], "rejected", "audit: {audit}");
-        assert_eq!(audit["reason"], reason, "audit: {audit}");
-        assert_eq!(
-            self.seen(),
-            seen_before,
-            "the upstream must see nothing of a refused request"
-        );
-        if status == 401 && error != "invalid_token" {
-            let nonce = r
-                .header("dpop-nonce")
-                .expect("every 401 of a valid session carries a DPoP-Nonce");
-            assert_nqchar_nonce(nonce);
-            let expose = r
-                .header("access-control-expose-headers")
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            assert!(
-                expose.contains("dpop-nonce") && expose.contains("www-authenticate"),
-                "exposed: {expose}"
-            );
-        }
-    }
+/// Challenges and confirms `DELETE /api/users/42` in session `sid` with `key`; returns the
+/// proof used.
+async fn confirm(w: &World, sid: &str, key: &DeviceKey) -> String {
+    let nonce = w.request("DELETE", USER).cookie(sid).challenge().await;
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(sid));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(sid)
+        .dpop(&proof)
+        .send()
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "confirmation should be accepted: {}",
+        r.text()
+    );
+    proof
 }
 
 fn cookie(sid: &str) -> String {
     format!("sid={sid}")
-}
-
-fn text(r: &Reply) -> String {
-    format!("{} {}", r.status, String::from_utf8_lossy(&r.body))
 }
 
 fn now() -> i64 {
@@ -176,18 +91,6 @@ fn now() -> i64 {
 
 fn b64(bytes: impl AsRef<[u8]>) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn es256() -> DeviceKey {
-    DeviceKey::generate(ProofAlg::Es256).expect("ES256 key generation works on this platform")
-}
-
-fn ed25519() -> DeviceKey {
-    DeviceKey::generate(ProofAlg::EdDsa).expect("Ed25519 key generation works on this platform")
 }
 
 /// The header a well-behaved client sends.
@@ -210,41 +113,6 @@ fn claims(method: &str, htu: &str, nonce: Option<&str>, credential: Option<&str>
         c["ath"] = json!(keys::ath(credential));
     }
     c
-}
-
-/// `1*NQCHAR` (RFC 9449 §8.1) and at least 128 bits worth of base64url.
-fn assert_nqchar_nonce(nonce: &str) {
-    assert!(
-        nonce.len() >= 22,
-        "nonce too short to carry 128 bits: {nonce}"
-    );
-    assert!(
-        nonce
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b)),
-        "nonce is not 1*NQCHAR: {nonce}"
-    );
-}
-
-/// Sends the request without a proof and returns the `DPoP-Nonce` of the `401 use_dpop_nonce`.
-async fn challenge(url: &str, method: &str, headers: &[(&str, &str)], body: Bytes) -> String {
-    let r = send(url, method, headers, body).await;
-    assert_eq!(r.status, 401, "challenge: {}", text(&r));
-    assert_eq!(r.dpop_error().as_deref(), Some("use_dpop_nonce"));
-    r.header("dpop-nonce")
-        .expect("a challenge carries a DPoP-Nonce")
-        .to_owned()
-}
-
-/// Waits (the `completed` record is written after the response) for an audit record.
-async fn wait_for_audit(gw: &Gateway, what: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..300 {
-        if let Some(record) = gw.audit().into_iter().find(|r| what(r)) {
-            return record;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("audit record never written; log: {:?}", gw.audit());
 }
 
 /// A compact JWS of arbitrary (possibly invalid) segments.
@@ -270,7 +138,7 @@ async fn bearer_world() -> World {
     let session = format!(
         "session: {{ kind: bearer_jwt, hs256_secret_env: {HS256_ENV}, upstream_scheme: bearer }}"
     );
-    World::with(&session, "").await
+    world(&session, "").await
 }
 
 /// An HS256 session token for `sub` alice, `sid` `sid`, bound to `jkt` when given.
@@ -291,24 +159,32 @@ fn token(sid: &str, jkt: Option<&str>, exp: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_session_credential_is_invalid_token_no_session() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
     let before = w.seen();
-    let proof = key.proof("DELETE", &w.url, None, Some(SID));
-    let r = send(&w.url, "DELETE", &[("dpop", &proof)], Bytes::new()).await;
-    w.assert_rejected(&r, before, 401, "invalid_token", "no_session");
-    let r = send(&w.url, "DELETE", &[("cookie", "other=1")], Bytes::new()).await;
-    w.assert_rejected(&r, before, 401, "invalid_token", "no_session");
+    let proof = key.proof("DELETE", &w.url(USER), None, Some(SID));
+    let r = send(&w.url(USER), "DELETE", &[("dpop", &proof)], Bytes::new()).await;
+    w.assert_refused(&r, before, 401, "invalid_token", "no_session")
+        .await;
+    let r = send(
+        &w.url(USER),
+        "DELETE",
+        &[("cookie", "other=1")],
+        Bytes::new(),
+    )
+    .await;
+    w.assert_refused(&r, before, 401, "invalid_token", "no_session")
+        .await;
 }
 
 // ───────────────────────────── challenge ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_proof_is_a_use_dpop_nonce_challenge_describing_the_action() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let before = w.seen();
-    let r = w.delete(SID, &[]).await;
-    assert_eq!(r.status, 401, "{}", text(&r));
+    let r = w.request("DELETE", USER).cookie(SID).send().await;
+    assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.dpop_error().as_deref(), Some("use_dpop_nonce"));
     let www = r.header("www-authenticate").expect("WWW-Authenticate");
     assert!(www.starts_with("DPoP "), "{www}");
@@ -318,7 +194,7 @@ async fn no_proof_is_a_use_dpop_nonce_challenge_describing_the_action() {
         "default algs are listed: {www}"
     );
     let nonce = r.header("dpop-nonce").expect("DPoP-Nonce");
-    assert_nqchar_nonce(nonce);
+    assert_nonce_shape(nonce);
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let expose = r
         .header("access-control-expose-headers")
@@ -336,7 +212,7 @@ async fn no_proof_is_a_use_dpop_nonce_challenge_describing_the_action() {
     assert_eq!(c["route"], "delete-user");
     assert_eq!(c["method"], "DELETE");
     assert_eq!(c["target"], "/api/users/42");
-    assert_eq!(c["htu"], w.url.as_str());
+    assert_eq!(c["htu"], w.url(USER).as_str());
     assert_eq!(c["body_sha256"], hex(&Sha256::digest(b"")));
     let expires = c["expires_at"].as_str().expect("expires_at is a string");
     let expires = humantime::parse_rfc3339(expires).expect("expires_at is RFC 3339");
@@ -356,7 +232,7 @@ async fn no_proof_is_a_use_dpop_nonce_challenge_describing_the_action() {
     assert_eq!(w.seen(), before);
 
     // Each challenge is a new nonce.
-    let again = w.delete(SID, &[]).await;
+    let again = w.request("DELETE", USER).cookie(SID).send().await;
     assert_ne!(again.header("dpop-nonce"), Some(nonce));
 }
 
@@ -364,15 +240,18 @@ async fn no_proof_is_a_use_dpop_nonce_challenge_describing_the_action() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_confirmation_is_forwarded_once_with_provenance() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     let r = w
-        .delete(SID, &[("dpop", &proof), ("countersign-device", "forged")])
+        .request("DELETE", USER)
+        .cookie(SID)
+        .headers(&[("dpop", &proof), ("countersign-device", "forged")])
+        .send()
         .await;
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
     let cid = r
         .header("countersign-confirmation-id")
         .expect("response carries Countersign-Confirmation-Id")
@@ -412,7 +291,7 @@ async fn a_valid_confirmation_is_forwarded_once_with_provenance() {
         "the DPoP proof is never forwarded"
     );
 
-    let accepted = wait_for_audit(&w.gw, |a| a["event"] == "accepted").await;
+    let accepted = w.gw.wait_for_audit(|a| a["event"] == "accepted").await;
     assert_eq!(accepted["confirmation_id"], cid.as_str());
     assert_eq!(accepted["device"], key.jkt());
     assert_eq!(accepted["route"], "delete-user");
@@ -429,7 +308,7 @@ async fn a_valid_confirmation_is_forwarded_once_with_provenance() {
         Bytes::new(),
     )
     .await;
-    assert_eq!(jwks.status, 200, "{}", text(&jwks));
+    assert_eq!(jwks.status, 200, "{}", jwks.text());
     let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&jwks.body).expect("JWKS JSON");
     let header = jsonwebtoken::decode_header(&provenance).expect("provenance header");
     let jwk = jwks
@@ -459,7 +338,7 @@ async fn a_valid_confirmation_is_forwarded_once_with_provenance() {
         (iat - now()).abs() <= 5 && exp > iat,
         "iat {iat}, exp {exp}"
     );
-    let completed = wait_for_audit(&w.gw, |a| a["event"] == "completed").await;
+    let completed = w.gw.wait_for_audit(|a| a["event"] == "completed").await;
     assert_eq!(completed["confirmation_id"], cid.as_str());
     assert_eq!(completed["upstream_status"], 200);
     let events: Vec<Value> = w.gw.audit().iter().map(|a| a["event"].clone()).collect();
@@ -477,31 +356,46 @@ async fn a_valid_confirmation_is_forwarded_once_with_provenance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alg_none_is_bad_alg() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     let header = json!({"typ": "dpop+jwt", "alg": "none", "jwk": key.public_jwk()});
-    let c = claims("DELETE", &w.url, Some(&nonce), Some(SID));
+    let c = claims("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     let proof = jws(&b64(header.to_string()), &b64(c.to_string()), "");
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "bad_alg");
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "bad_alg")
+        .await;
     // Even with a real signature appended.
-    let proof = key.sign_jws(&header, &claims("DELETE", &w.url, Some(&nonce), Some(SID)));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "bad_alg");
+    let proof = key.sign_jws(
+        &header,
+        &claims("DELETE", &w.url(USER), Some(&nonce), Some(SID)),
+    );
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "bad_alg")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hs256_signed_with_the_public_key_as_secret_is_bad_alg() {
     use aws_lc_rs::hmac;
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     let jwk = key.public_jwk();
     let header = json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": jwk});
-    let c = claims("DELETE", &w.url, Some(&nonce), Some(SID));
+    let c = claims("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     let input = format!("{}.{}", b64(header.to_string()), b64(c.to_string()));
     // The classic key-confusion attack: the verifier's "key" (the public JWK) used as HMAC secret.
     for secret in [
@@ -513,38 +407,61 @@ async fn hs256_signed_with_the_public_key_as_secret_is_bad_alg() {
             input.as_bytes(),
         );
         let proof = format!("{input}.{}", b64(tag.as_ref()));
-        let r = w.delete(SID, &[("dpop", &proof)]).await;
-        w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "bad_alg");
+        let r = w
+            .request("DELETE", USER)
+            .cookie(SID)
+            .dpop(&proof)
+            .send()
+            .await;
+        w.assert_refused(&r, before, 401, "invalid_dpop_proof", "bad_alg")
+            .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ed25519_is_accepted_under_both_names_and_only_with_its_key_type() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let ed = ed25519();
     for (n, alg) in ["EdDSA", "Ed25519"].into_iter().enumerate() {
-        let nonce = w.challenge(SID).await;
+        let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
         let header = json!({"typ": "dpop+jwt", "alg": alg, "jwk": ed.public_jwk()});
-        let proof = ed.sign_jws(&header, &claims("DELETE", &w.url, Some(&nonce), Some(SID)));
-        let r = w.delete(SID, &[("dpop", &proof)]).await;
-        assert_eq!(r.status, 200, "alg {alg}: {}", text(&r));
+        let proof = ed.sign_jws(
+            &header,
+            &claims("DELETE", &w.url(USER), Some(&nonce), Some(SID)),
+        );
+        let r = w
+            .request("DELETE", USER)
+            .cookie(SID)
+            .dpop(&proof)
+            .send()
+            .await;
+        assert_eq!(r.status, 200, "alg {alg}: {}", r.text());
         assert_eq!(w.seen(), n + 1);
     }
     // An algorithm that does not fit the key type.
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     for alg in ["ES256", "ES384", "RS256"] {
         let header = json!({"typ": "dpop+jwt", "alg": alg, "jwk": ed.public_jwk()});
-        let proof = ed.sign_jws(&header, &claims("DELETE", &w.url, Some(&nonce), Some(SID)));
-        let r = w.delete(SID, &[("dpop", &proof)]).await;
-        w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "bad_alg");
+        let proof = ed.sign_jws(
+            &header,
+            &claims("DELETE", &w.url(USER), Some(&nonce), Some(SID)),
+        );
+        let r = w
+            .request("DELETE", USER)
+            .cookie(SID)
+            .dpop(&proof)
+            .send()
+            .await;
+        w.assert_refused(&r, before, 401, "invalid_dpop_proof", "bad_alg")
+            .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alg_not_in_confirmation_algs_is_bad_alg() {
-    let w = World::cookie("confirmation: { algs: [ES256] }").await;
-    let r = w.delete(SID, &[]).await;
+    let w = cookie_world("confirmation: { algs: [ES256] }").await;
+    let r = w.request("DELETE", USER).cookie(SID).send().await;
     let www = r.header("www-authenticate").unwrap_or_default().to_owned();
     assert!(
         www.contains("algs=\"ES256\""),
@@ -552,44 +469,68 @@ async fn alg_not_in_confirmation_algs_is_bad_alg() {
     );
     let nonce = r.header("dpop-nonce").expect("DPoP-Nonce").to_owned();
     let before = w.seen();
-    let proof = ed25519().proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "bad_alg");
+    let proof = ed25519().proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "bad_alg")
+        .await;
 }
 
 // ───────────────────────────── jwk ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_jwk_is_bad_jwk() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     let mut jwk = key.public_jwk();
     jwk["d"] = json!(b64(rand::random::<[u8; 32]>()));
     let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
-    let proof = key.sign_jws(&header, &claims("DELETE", &w.url, Some(&nonce), Some(SID)));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "bad_jwk");
+    let proof = key.sign_jws(
+        &header,
+        &claims("DELETE", &w.url(USER), Some(&nonce), Some(SID)),
+    );
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "bad_jwk")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oct_jwk_is_bad_jwk() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": {"kty": "oct", "k": b64(rand::random::<[u8; 32]>())}});
-    let proof = key.sign_jws(&header, &claims("DELETE", &w.url, Some(&nonce), Some(SID)));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "bad_jwk");
+    let proof = key.sign_jws(
+        &header,
+        &claims("DELETE", &w.url(USER), Some(&nonce), Some(SID)),
+    );
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "bad_jwk")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_references_without_jwk_are_bad_jwk() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     let references = [
         json!({"typ": "dpop+jwt", "alg": "ES256", "jku": "https://attacker.example/jwks.json"}),
@@ -599,9 +540,18 @@ async fn key_references_without_jwk_are_bad_jwk() {
         json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": "not an object"}),
     ];
     for header in references {
-        let proof = key.sign_jws(&header, &claims("DELETE", &w.url, Some(&nonce), Some(SID)));
-        let r = w.delete(SID, &[("dpop", &proof)]).await;
-        w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "bad_jwk");
+        let proof = key.sign_jws(
+            &header,
+            &claims("DELETE", &w.url(USER), Some(&nonce), Some(SID)),
+        );
+        let r = w
+            .request("DELETE", USER)
+            .cookie(SID)
+            .dpop(&proof)
+            .send()
+            .await;
+        w.assert_refused(&r, before, 401, "invalid_dpop_proof", "bad_jwk")
+            .await;
     }
 }
 
@@ -609,23 +559,29 @@ async fn key_references_without_jwk_are_bad_jwk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signature_by_another_key_is_bad_signature() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let (claimed, signer) = (es256(), es256());
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     let proof = signer.sign_jws(
         &header_of(&claimed),
-        &claims("DELETE", &w.url, Some(&nonce), Some(SID)),
+        &claims("DELETE", &w.url(USER), Some(&nonce), Some(SID)),
     );
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "bad_signature");
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "bad_signature")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_typ_is_bad_typ() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = ed25519();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     for typ in [
         json!("JWT"),
@@ -639,9 +595,18 @@ async fn wrong_typ_is_bad_typ() {
         } else {
             header["typ"] = typ;
         }
-        let proof = key.sign_jws(&header, &claims("DELETE", &w.url, Some(&nonce), Some(SID)));
-        let r = w.delete(SID, &[("dpop", &proof)]).await;
-        w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "bad_typ");
+        let proof = key.sign_jws(
+            &header,
+            &claims("DELETE", &w.url(USER), Some(&nonce), Some(SID)),
+        );
+        let r = w
+            .request("DELETE", USER)
+            .cookie(SID)
+            .dpop(&proof)
+            .send()
+            .await;
+        w.assert_refused(&r, before, 401, "invalid_dpop_proof", "bad_typ")
+            .await;
     }
 }
 
@@ -649,52 +614,66 @@ async fn wrong_typ_is_bad_typ() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iat_too_old_is_stale_proof() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
-    let mut c = claims("DELETE", &w.url, Some(&nonce), Some(SID));
+    let mut c = claims("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     c["iat"] = json!(now() - 120);
     let r = w
-        .delete(SID, &[("dpop", &key.sign_jws(&header_of(&key), &c))])
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&key.sign_jws(&header_of(&key), &c))
+        .send()
         .await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "stale_proof");
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "stale_proof")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iat_in_the_future_is_stale_proof() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
-    let mut c = claims("DELETE", &w.url, Some(&nonce), Some(SID));
+    let mut c = claims("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     c["iat"] = json!(now() + 60);
     let r = w
-        .delete(SID, &[("dpop", &key.sign_jws(&header_of(&key), &c))])
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&key.sign_jws(&header_of(&key), &c))
+        .send()
         .await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "stale_proof");
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "stale_proof")
+        .await;
 }
 
 // ───────────────────────────── htm, htu ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htm_mismatch() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     for htm in ["POST", "delete", "GET"] {
-        let proof = key.proof(htm, &w.url, Some(&nonce), Some(SID));
-        let r = w.delete(SID, &[("dpop", &proof)]).await;
-        w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "htm_mismatch");
+        let proof = key.proof(htm, &w.url(USER), Some(&nonce), Some(SID));
+        let r = w
+            .request("DELETE", USER)
+            .cookie(SID)
+            .dpop(&proof)
+            .send()
+            .await;
+        w.assert_refused(&r, before, 401, "invalid_dpop_proof", "htm_mismatch")
+            .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htu_of_another_host_path_or_scheme_is_htu_mismatch() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     let port = w.gw.port;
     for htu in [
@@ -706,19 +685,25 @@ async fn htu_of_another_host_path_or_scheme_is_htu_mismatch() {
         "/api/users/42".to_string(),
     ] {
         let proof = key.proof("DELETE", &htu, Some(&nonce), Some(SID));
-        let r = w.delete(SID, &[("dpop", &proof)]).await;
-        w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "htu_mismatch");
+        let r = w
+            .request("DELETE", USER)
+            .cookie(SID)
+            .dpop(&proof)
+            .send()
+            .await;
+        w.assert_refused(&r, before, 401, "invalid_dpop_proof", "htu_mismatch")
+            .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htu_with_the_default_port_is_normalised_and_accepted() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
     let cookie = cookie(SID);
     // The client addressed the gateway as plain `127.0.0.1` (port 80 in front of it).
     let headers = [("cookie", cookie.as_str()), ("host", "127.0.0.1")];
-    let r = send(&w.url, "DELETE", &headers, Bytes::new()).await;
+    let r = send(&w.url(USER), "DELETE", &headers, Bytes::new()).await;
     assert_eq!(r.status, 401);
     assert_eq!(
         r.json()["confirmation"]["htu"],
@@ -732,19 +717,19 @@ async fn htu_with_the_default_port_is_normalised_and_accepted() {
         Some(SID),
     );
     let r = send(
-        &w.url,
+        &w.url(USER),
         "DELETE",
         &[headers[0], headers[1], ("dpop", &proof)],
         Bytes::new(),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(w.seen(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htu_host_and_scheme_case_is_normalised_and_accepted() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
     let cookie = cookie(SID);
     let port = w.gw.port;
@@ -760,28 +745,33 @@ async fn htu_host_and_scheme_case_is_normalised_and_accepted() {
     ];
     for (n, (host, htu)) in cases.iter().enumerate() {
         let headers = [("cookie", cookie.as_str()), ("host", host.as_str())];
-        let nonce = challenge(&w.url, "DELETE", &headers, Bytes::new()).await;
+        let nonce = w
+            .request("DELETE", USER)
+            .headers(&headers)
+            .challenge()
+            .await;
         let proof = key.proof("DELETE", htu, Some(&nonce), Some(SID));
         let r = send(
-            &w.url,
+            &w.url(USER),
             "DELETE",
             &[headers[0], headers[1], ("dpop", &proof)],
             Bytes::new(),
         )
         .await;
-        assert_eq!(r.status, 200, "Host {host}, htu {htu}: {}", text(&r));
+        assert_eq!(r.status, 200, "Host {host}, htu {htu}: {}", r.text());
         assert_eq!(w.seen(), n + 1);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htu_query_and_fragment_are_ignored() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
     let cookie = cookie(SID);
-    let url = w.at("/api/users/42?force=true");
-    let nonce = challenge(&url, "DELETE", &[("cookie", &cookie)], Bytes::new()).await;
-    let htu = format!("{}?force=false&x=1#section", w.url);
+    let target = "/api/users/42?force=true";
+    let url = w.url(target);
+    let nonce = w.request("DELETE", target).cookie(SID).challenge().await;
+    let htu = format!("{}?force=false&x=1#section", w.url(USER));
     let proof = key.proof("DELETE", &htu, Some(&nonce), Some(SID));
     let r = send(
         &url,
@@ -790,7 +780,7 @@ async fn htu_query_and_fragment_are_ignored() {
         Bytes::new(),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
     let seen = w.upstream.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(
@@ -801,7 +791,7 @@ async fn htu_query_and_fragment_are_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htu_percent_encoding_and_dot_segments_are_normalised_and_accepted() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
     let cookie = cookie(SID);
     let base = &w.gw.base;
@@ -813,8 +803,8 @@ async fn htu_percent_encoding_and_dot_segments_are_normalised_and_accepted() {
         ("/api/users/%7Ebob", format!("{base}/api/users/~bob")),
     ];
     for (n, (path, htu)) in cases.iter().enumerate() {
-        let url = w.at(path);
-        let nonce = challenge(&url, "DELETE", &[("cookie", &cookie)], Bytes::new()).await;
+        let url = w.url(path);
+        let nonce = w.request("DELETE", path).cookie(SID).challenge().await;
         let proof = key.proof("DELETE", htu, Some(&nonce), Some(SID));
         let r = send(
             &url,
@@ -823,7 +813,7 @@ async fn htu_percent_encoding_and_dot_segments_are_normalised_and_accepted() {
             Bytes::new(),
         )
         .await;
-        assert_eq!(r.status, 200, "{path} with htu {htu}: {}", text(&r));
+        assert_eq!(r.status, 200, "{path} with htu {htu}: {}", r.text());
         assert_eq!(w.seen(), n + 1);
         assert_eq!(
             w.upstream.seen()[n].uri,
@@ -835,7 +825,7 @@ async fn htu_percent_encoding_and_dot_segments_are_normalised_and_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn equivalent_forms_of_a_high_impact_target_never_bypass_confirmation() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let cookie = cookie(SID);
     // Each of these is, per RFC 3986 §6.2.2, the same URI as /api/users/42.
     let mut bypassed = Vec::new();
@@ -848,7 +838,7 @@ async fn equivalent_forms_of_a_high_impact_target_never_bypass_confirmation() {
         "/%61pi/users/42",
     ] {
         let before = w.seen();
-        let r = send(&w.at(path), "DELETE", &[("cookie", &cookie)], Bytes::new()).await;
+        let r = send(&w.url(path), "DELETE", &[("cookie", &cookie)], Bytes::new()).await;
         if !matches!(r.status, 400 | 401 | 404) || w.seen() != before {
             let uri = w.upstream.seen().get(before).map(|s| s.uri.clone());
             bypassed.push(format!(
@@ -868,54 +858,68 @@ async fn equivalent_forms_of_a_high_impact_target_never_bypass_confirmation() {
 async fn a_second_session_cookie_cannot_ride_on_a_confirmation() {
     // The attacker holds their own session (and device) plus a stolen cookie of a session whose
     // device they do not have. The gateway must not confirm one session and forward another.
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
     // The victim's session is bound to the victim's device.
-    w.confirm(OTHER_SID, &ed25519()).await;
+    confirm(&w, OTHER_SID, &ed25519()).await;
     let (mine, stolen) = (cookie(SID), cookie(OTHER_SID));
     let both = format!("{mine}; {stolen}");
-    let mut leaks = Vec::new();
-    for headers in [
+    let smuggled = [
         vec![("cookie", both.as_str())],
         vec![("cookie", mine.as_str()), ("cookie", stolen.as_str())],
-    ] {
+    ];
+
+    // Asking with both cookies: no session, so no nonce either.
+    for headers in &smuggled {
         let before = w.seen();
-        let r = send(&w.url, "DELETE", &headers, Bytes::new()).await;
-        let Some(nonce) = r.header("dpop-nonce").map(str::to_owned) else {
-            // Refused outright: fine, as long as nothing was forwarded.
-            assert_eq!(r.status, 401, "{}", text(&r));
-            assert_eq!(w.seen(), before);
-            continue;
-        };
-        let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-        let mut with_proof = headers.clone();
-        with_proof.push(("dpop", &proof));
-        let r = send(&w.url, "DELETE", &with_proof, Bytes::new()).await;
-        for seen in &w.upstream.seen()[before..] {
-            let cookies: Vec<&str> = seen
-                .headers
-                .get_all("cookie")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            if cookies.iter().any(|c| c.contains(OTHER_SID)) {
-                leaks.push(format!(
-                    "sent {headers:?} → {}; upstream got Cookie {cookies:?}",
-                    r.status
-                ));
-            }
+        let r = send(&w.url(USER), "DELETE", headers, Bytes::new()).await;
+        w.assert_refused(&r, before, 401, "invalid_token", "invalid_session")
+            .await;
+    }
+
+    // A nonce fetched in the attacker's own session, and proofs that would confirm it (bound to
+    // either credential), sent with the stolen cookie riding along.
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
+    for headers in &smuggled {
+        for credential in [SID, OTHER_SID] {
+            let before = w.seen();
+            let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(credential));
+            let mut with_proof = headers.clone();
+            with_proof.push(("dpop", &proof));
+            let r = send(&w.url(USER), "DELETE", &with_proof, Bytes::new()).await;
+            w.assert_refused(&r, before, 401, "invalid_token", "invalid_session")
+                .await;
         }
     }
-    assert!(
-        leaks.is_empty(),
-        "an unconfirmed session cookie was forwarded:\n{}",
-        leaks.join("\n")
+
+    // The refusals were the second cookie's doing: the same nonce, signed the same way, confirms
+    // the attacker's own session alone, and only that session's cookie reaches the upstream.
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cookies: Vec<String> = w
+        .upstream
+        .last()
+        .headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        cookies,
+        [mine],
+        "the upstream got only the confirmed session"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_host_from_an_untrusted_peer_does_not_change_the_htu() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
     let cookie = cookie(SID);
     let headers = [
@@ -923,10 +927,10 @@ async fn forwarded_host_from_an_untrusted_peer_does_not_change_the_htu() {
         ("x-forwarded-host", "attacker.example"),
         ("x-forwarded-proto", "https"),
     ];
-    let r = send(&w.url, "DELETE", &headers, Bytes::new()).await;
+    let r = send(&w.url(USER), "DELETE", &headers, Bytes::new()).await;
     assert_eq!(
         r.json()["confirmation"]["htu"],
-        w.url.as_str(),
+        w.url(USER).as_str(),
         "X-Forwarded-* ignored from an untrusted peer"
     );
     let nonce = r.header("dpop-nonce").expect("DPoP-Nonce").to_owned();
@@ -938,29 +942,30 @@ async fn forwarded_host_from_an_untrusted_peer_does_not_change_the_htu() {
         Some(SID),
     );
     let r = send(
-        &w.url,
+        &w.url(USER),
         "DELETE",
         &[headers[0], headers[1], headers[2], ("dpop", &proof)],
         Bytes::new(),
     )
     .await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "htu_mismatch");
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "htu_mismatch")
+        .await;
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     let r = send(
-        &w.url,
+        &w.url(USER),
         "DELETE",
         &[headers[0], headers[1], headers[2], ("dpop", &proof)],
         Bytes::new(),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_origin_is_the_htu_when_configured() {
-    let w = World::cookie("public_origin: \"https://admin.example.com\"").await;
+    let w = cookie_world("public_origin: \"https://admin.example.com\"").await;
     let key = es256();
-    let r = w.delete(SID, &[]).await;
+    let r = w.request("DELETE", USER).cookie(SID).send().await;
     assert_eq!(
         r.json()["confirmation"]["htu"],
         "https://admin.example.com/api/users/42"
@@ -968,30 +973,47 @@ async fn public_origin_is_the_htu_when_configured() {
     let nonce = r.header("dpop-nonce").expect("DPoP-Nonce").to_owned();
     let before = w.seen();
     // The address the client happened to connect to is not the external URI.
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "htu_mismatch");
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "htu_mismatch")
+        .await;
     let proof = key.proof(
         "DELETE",
         "https://ADMIN.example.com:443/api/users/42",
         Some(&nonce),
         Some(SID),
     );
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    assert_eq!(r.status, 200, "{}", text(&r));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 // ───────────────────────────── claims, ath ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ath_of_another_credential_is_session_mismatch() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(OTHER_SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "session_mismatch");
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(OTHER_SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "session_mismatch")
+        .await;
     assert_eq!(
         w.gw.audit_of(&r)["device"],
         key.jkt(),
@@ -1001,62 +1023,79 @@ async fn ath_of_another_credential_is_session_mismatch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_mistyped_claims_are_missing_claim() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     let mut cases = Vec::new();
     for name in ["ath", "jti", "htm", "htu", "iat"] {
-        let mut c = claims("DELETE", &w.url, Some(&nonce), Some(SID));
+        let mut c = claims("DELETE", &w.url(USER), Some(&nonce), Some(SID));
         c.as_object_mut().map(|m| m.remove(name));
         cases.push((format!("without {name}"), c));
     }
-    let mut c = claims("DELETE", &w.url, Some(&nonce), Some(SID));
+    let mut c = claims("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     c["iat"] = json!(now().to_string());
     cases.push(("string iat".into(), c));
-    let mut c = claims("DELETE", &w.url, Some(&nonce), Some(SID));
+    let mut c = claims("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     c["ath"] = json!(42);
     cases.push(("numeric ath".into(), c));
     for (what, c) in cases {
         let r = w
-            .delete(SID, &[("dpop", &key.sign_jws(&header_of(&key), &c))])
+            .request("DELETE", USER)
+            .cookie(SID)
+            .dpop(&key.sign_jws(&header_of(&key), &c))
+            .send()
             .await;
         assert_eq!(r.status, 401, "{what}");
-        w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "missing_claim");
+        w.assert_refused(&r, before, 401, "invalid_dpop_proof", "missing_claim")
+            .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jti_longer_than_256_bytes_is_missing_claim() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
-    let mut c = claims("DELETE", &w.url, Some(&nonce), Some(SID));
+    let mut c = claims("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     c["jti"] = json!("j".repeat(257));
     let r = w
-        .delete(SID, &[("dpop", &key.sign_jws(&header_of(&key), &c))])
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&key.sign_jws(&header_of(&key), &c))
+        .send()
         .await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "missing_claim");
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "missing_claim")
+        .await;
     // 256 bytes exactly is fine.
     c["jti"] = json!("j".repeat(256));
     let r = w
-        .delete(SID, &[("dpop", &key.sign_jws(&header_of(&key), &c))])
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&key.sign_jws(&header_of(&key), &c))
+        .send()
         .await;
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 // ───────────────────────────── nonce ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_nonce_is_use_dpop_nonce_with_a_fresh_nonce() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let first = w.challenge(SID).await;
+    let first = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
-    let proof = key.proof("DELETE", &w.url, None, Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "use_dpop_nonce", "nonce_missing");
+    let proof = key.proof("DELETE", &w.url(USER), None, Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "use_dpop_nonce", "nonce_missing")
+        .await;
     let fresh = r.header("dpop-nonce").expect("fresh DPoP-Nonce").to_owned();
     assert_ne!(fresh, first);
     assert_eq!(
@@ -1065,78 +1104,123 @@ async fn missing_nonce_is_use_dpop_nonce_with_a_fresh_nonce() {
         "the 401 describes the action"
     );
     // The fresh nonce completes the confirmation, as an RFC 9449 client retrying once would.
-    let proof = key.proof("DELETE", &w.url, Some(&fresh), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    assert_eq!(r.status, 200, "{}", text(&r));
+    let proof = key.proof("DELETE", &w.url(USER), Some(&fresh), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_nonce_is_nonce_expired() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let _ = w.challenge(SID).await;
+    let _ = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     let forged = b64(rand::random::<[u8; 32]>());
-    let proof = key.proof("DELETE", &w.url, Some(&forged), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "use_dpop_nonce", "nonce_expired");
+    let proof = key.proof("DELETE", &w.url(USER), Some(&forged), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "use_dpop_nonce", "nonce_expired")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nonce_of_another_session_is_action_mismatch() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(OTHER_SID).await;
+    let nonce = w
+        .request("DELETE", USER)
+        .cookie(OTHER_SID)
+        .challenge()
+        .await;
     let before = w.seen();
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "use_dpop_nonce", "action_mismatch");
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "use_dpop_nonce", "action_mismatch")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nonce_of_another_target_is_action_mismatch() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let other = w.at("/api/users/43");
-    let nonce = challenge(&other, "DELETE", &[("cookie", &cookie(SID))], Bytes::new()).await;
+    let nonce = w
+        .request("DELETE", "/api/users/43")
+        .cookie(SID)
+        .challenge()
+        .await;
     let before = w.seen();
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "use_dpop_nonce", "action_mismatch");
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "use_dpop_nonce", "action_mismatch")
+        .await;
     // Nor another query, nor another method.
-    let query = w.at("/api/users/42?dry_run=false");
-    let nonce = challenge(&query, "DELETE", &[("cookie", &cookie(SID))], Bytes::new()).await;
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "use_dpop_nonce", "action_mismatch");
-    let nonce = challenge(&w.url, "POST", &[("cookie", &cookie(SID))], Bytes::new()).await;
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "use_dpop_nonce", "action_mismatch");
+    let nonce = w
+        .request("DELETE", "/api/users/42?dry_run=false")
+        .cookie(SID)
+        .challenge()
+        .await;
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "use_dpop_nonce", "action_mismatch")
+        .await;
+    let nonce = w.request("POST", USER).cookie(SID).challenge().await;
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "use_dpop_nonce", "action_mismatch")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nonce_of_another_body_is_action_mismatch() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
     let cookie = cookie(SID);
-    let nonce = challenge(
-        &w.url,
-        "POST",
-        &[("cookie", &cookie)],
-        Bytes::from_static(b"{\"role\":\"viewer\"}"),
-    )
-    .await;
+    let nonce = w
+        .request("POST", USER)
+        .cookie(SID)
+        .body(b"{\"role\":\"viewer\"}")
+        .challenge()
+        .await;
     let before = w.seen();
-    let proof = key.proof("POST", &w.url, Some(&nonce), Some(SID));
+    let proof = key.proof("POST", &w.url(USER), Some(&nonce), Some(SID));
     let r = send(
-        &w.url,
+        &w.url(USER),
         "POST",
         &[("cookie", &cookie), ("dpop", &proof)],
         Bytes::from_static(b"{\"role\":\"admin\"}"),
     )
     .await;
-    w.assert_rejected(&r, before, 401, "use_dpop_nonce", "action_mismatch");
+    w.assert_refused(&r, before, 401, "use_dpop_nonce", "action_mismatch")
+        .await;
     assert_eq!(
         r.json()["confirmation"]["body_sha256"],
         hex(&Sha256::digest(b"{\"role\":\"admin\"}"))
@@ -1147,41 +1231,73 @@ async fn nonce_of_another_body_is_action_mismatch() {
 async fn nonce_bound_to_another_device_is_action_mismatch() {
     // The binding expires quickly, so the nonce's own device binding is what refuses key B
     // (with a live binding, the device check refuses it first: see the device test).
-    let w = World::with(
-        "session: { kind: cookie, cookie: sid, binding_ttl: 1s }",
+    const BINDING_TTL: Duration = Duration::from_millis(300);
+    let w = world(
+        "session: { kind: cookie, cookie: sid, binding_ttl: 300ms }",
         "",
     )
     .await;
     let (a, b) = (es256(), ed25519());
-    w.confirm(SID, &a).await;
-    let nonce = w.challenge(SID).await; // issued for device A
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The nonce must be issued while the binding to A is live; a machine too slow for that
+    // tries again in a fresh session rather than testing nothing.
+    let (sid, nonce) = 'bound: {
+        for attempt in 0..5 {
+            let sid = format!("{SID}-{attempt}");
+            let started = Instant::now();
+            confirm(&w, &sid, &a).await;
+            let nonce = w.request("DELETE", USER).cookie(&sid).challenge().await; // for device A
+            if started.elapsed() < BINDING_TTL {
+                break 'bound (sid, nonce);
+            }
+        }
+        panic!("no challenge within {BINDING_TTL:?} of the confirmation that bound the session");
+    };
+    // Whenever the binding was last written, it is gone after this.
+    tokio::time::sleep(BINDING_TTL + Duration::from_millis(100)).await;
     let before = w.seen();
-    let proof = b.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "use_dpop_nonce", "action_mismatch");
+    let proof = b.proof("DELETE", &w.url(USER), Some(&nonce), Some(&sid));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(&sid)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "use_dpop_nonce", "action_mismatch")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_nonce_is_nonce_expired() {
-    let w = World::cookie("confirmation: { nonce_ttl: 1s }").await;
+    let w = cookie_world("confirmation: { nonce_ttl: 200ms }").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = w.seen();
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "use_dpop_nonce", "nonce_expired");
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "use_dpop_nonce", "nonce_expired")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_nonce_is_refused_and_counted() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let proof = w.confirm(SID, &key).await;
+    let proof = confirm(&w, SID, &key).await;
     let before = w.seen();
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "use_dpop_nonce", "replay");
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "use_dpop_nonce", "replay")
+        .await;
     // A new proof over the consumed nonce: still a replay of the nonce.
     let nonce = {
         let c: Value = serde_json::from_slice(
@@ -1192,9 +1308,15 @@ async fn replayed_nonce_is_refused_and_counted() {
         .expect("claims JSON");
         c["nonce"].as_str().expect("nonce claim").to_owned()
     };
-    let again = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let r = w.delete(SID, &[("dpop", &again)]).await;
-    w.assert_rejected(&r, before, 401, "use_dpop_nonce", "replay");
+    let again = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&again)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "use_dpop_nonce", "replay")
+        .await;
     let metrics = w.gw.metrics().await;
     assert_metric(
         &metrics,
@@ -1204,21 +1326,28 @@ async fn replayed_nonce_is_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_jti_with_a_fresh_nonce_is_invalid_dpop_proof_replay() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
-    let mut c = claims("DELETE", &w.url, Some(&nonce), Some(SID));
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
+    let mut c = claims("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     let r = w
-        .delete(SID, &[("dpop", &key.sign_jws(&header_of(&key), &c))])
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&key.sign_jws(&header_of(&key), &c))
+        .send()
         .await;
-    assert_eq!(r.status, 200, "{}", text(&r));
-    let fresh = w.challenge(SID).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let fresh = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
     c["nonce"] = json!(fresh);
     let r = w
-        .delete(SID, &[("dpop", &key.sign_jws(&header_of(&key), &c))])
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&key.sign_jws(&header_of(&key), &c))
+        .send()
         .await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "replay");
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "replay")
+        .await;
     let metrics = w.gw.metrics().await;
     assert_metric(
         &metrics,
@@ -1230,26 +1359,38 @@ async fn replayed_jti_with_a_fresh_nonce_is_invalid_dpop_proof_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_dpop_headers_are_malformed() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
-    let p1 = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let p2 = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let r = w.delete(SID, &[("dpop", &p1), ("dpop", &p2)]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "malformed");
+    let p1 = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let p2 = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .headers(&[("dpop", &p1), ("dpop", &p2)])
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "malformed")
+        .await;
     // Nor one header holding both (a list).
-    let r = w.delete(SID, &[("dpop", &format!("{p1}, {p2}"))]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "malformed");
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .headers(&[("dpop", &format!("{p1}, {p2}"))])
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "malformed")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_segments_are_refused() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
-    let valid = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
+    let valid = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     let parts: Vec<&str> = valid.split('.').collect();
     let (h, c, s) = (parts[0], parts[1], parts[2]);
     let not_json = b64("not json {");
@@ -1286,41 +1427,64 @@ async fn malformed_segments_are_refused() {
         ),
     ];
     for (what, proof, reason) in cases {
-        let r = w.delete(SID, &[("dpop", &proof)]).await;
+        let r = w
+            .request("DELETE", USER)
+            .cookie(SID)
+            .dpop(&proof)
+            .send()
+            .await;
         assert_eq!(w.gw.audit_of(&r)["reason"], reason, "{what}");
-        w.assert_rejected(&r, before, 401, "invalid_dpop_proof", reason);
+        w.assert_refused(&r, before, 401, "invalid_dpop_proof", reason)
+            .await;
         assert!(
             !String::from_utf8_lossy(&r.body).contains(h),
             "{what}: errors never echo the proof"
         );
     }
     // The nonce survived all of that: the original proof still works.
-    let r = w.delete(SID, &[("dpop", &valid)]).await;
-    assert_eq!(r.status, 200, "{}", text(&r));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&valid)
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 // ───────────────────────────── device binding ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_device_after_first_use_binding_is_device_mismatch() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let (a, b) = (es256(), ed25519());
-    w.confirm(SID, &a).await;
-    let nonce = w.challenge(SID).await;
+    confirm(&w, SID, &a).await;
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let before = w.seen();
-    let proof = b.proof("DELETE", &w.url, Some(&nonce), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "device_mismatch");
+    let proof = b.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "device_mismatch")
+        .await;
     assert_eq!(w.gw.audit_of(&r)["device"], b.jkt());
     // B keeps being refused with invalid_dpop_proof (no use_dpop_nonce loop) ...
     let fresh = r.header("dpop-nonce").expect("fresh DPoP-Nonce").to_owned();
-    let proof = b.proof("DELETE", &w.url, Some(&fresh), Some(SID));
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "device_mismatch");
+    let proof = b.proof("DELETE", &w.url(USER), Some(&fresh), Some(SID));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "device_mismatch")
+        .await;
     // ... while A, with the same session, still confirms.
-    w.confirm(SID, &a).await;
+    confirm(&w, SID, &a).await;
     // And B is welcome in a new session.
-    w.confirm(OTHER_SID, &b).await;
+    confirm(&w, OTHER_SID, &b).await;
 }
 
 // ───────────────────────────── bearer_jwt sessions ─────────────────────────────
@@ -1333,13 +1497,14 @@ async fn bearer_scheme_with_a_dpop_bound_token_is_a_downgrade() {
     let bearer = format!("Bearer {token}");
     let before = w.seen();
     let r = send(
-        &w.url,
+        &w.url(USER),
         "DELETE",
         &[("authorization", &bearer)],
         Bytes::new(),
     )
     .await;
-    w.assert_rejected(&r, before, 401, "invalid_token", "invalid_session");
+    w.assert_refused(&r, before, 401, "invalid_token", "invalid_session")
+        .await;
     assert!(
         !String::from_utf8_lossy(&r.body).contains(&token),
         "errors never echo the token"
@@ -1352,25 +1517,25 @@ async fn bearer_scheme_with_a_dpop_proof_is_mixed_schemes_invalid_request() {
     let key = es256();
     let token = token("sess-1", Some(&key.jkt()), now() + 600);
     // Get a nonce legitimately first.
-    let nonce = challenge(
-        &w.url,
-        "DELETE",
-        &[("authorization", &format!("DPoP {token}"))],
-        Bytes::new(),
-    )
-    .await;
+    let nonce = w.request("DELETE", USER).token(&token).challenge().await;
     let before = w.seen();
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(&token));
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(&token));
     let bearer = format!("Bearer {token}");
     let r = send(
-        &w.url,
+        &w.url(USER),
         "DELETE",
         &[("authorization", &bearer), ("dpop", &proof)],
         Bytes::new(),
     )
     .await;
     // §4 has no reason row for mixed schemes; the gateway files it under `malformed`.
-    w.assert_rejected(&r, before, 400, "invalid_request", "malformed");
+    w.assert_refused(&r, before, 400, "invalid_request", "malformed")
+        .await;
+    assert_eq!(
+        r.dpop_error().as_deref(),
+        Some("invalid_request"),
+        "the 400 names the scheme error in WWW-Authenticate too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1379,16 +1544,16 @@ async fn dpop_scheme_token_confirmed_by_its_cnf_key_reaches_the_upstream_as_bear
     let key = es256();
     let token = token("sess-1", Some(&key.jkt()), now() + 600);
     let auth = format!("DPoP {token}");
-    let nonce = challenge(&w.url, "DELETE", &[("authorization", &auth)], Bytes::new()).await;
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(&token));
+    let nonce = w.request("DELETE", USER).token(&token).challenge().await;
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(&token));
     let r = send(
-        &w.url,
+        &w.url(USER),
         "DELETE",
         &[("authorization", &auth), ("dpop", &proof)],
         Bytes::new(),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
     let seen = w.upstream.seen();
     assert_eq!(seen.len(), 1);
     let h = |name: &str| {
@@ -1402,7 +1567,7 @@ async fn dpop_scheme_token_confirmed_by_its_cnf_key_reaches_the_upstream_as_bear
     assert_eq!(h("countersign-subject").as_deref(), Some("alice"));
     assert_eq!(h("countersign-device"), Some(key.jkt()));
     assert!(seen[0].headers.get("dpop").is_none());
-    let accepted = wait_for_audit(&w.gw, |a| a["event"] == "accepted").await;
+    let accepted = w.gw.wait_for_audit(|a| a["event"] == "accepted").await;
     assert_eq!(accepted["subject"], "alice");
     let log = std::fs::read_to_string(&w.gw.audit_path).expect("audit log readable");
     assert!(!log.contains(&token), "the token is never logged");
@@ -1414,17 +1579,18 @@ async fn proof_by_a_key_other_than_cnf_jkt_is_device_mismatch() {
     let (bound, other) = (es256(), es256());
     let token = token("sess-1", Some(&bound.jkt()), now() + 600);
     let auth = format!("DPoP {token}");
-    let nonce = challenge(&w.url, "DELETE", &[("authorization", &auth)], Bytes::new()).await;
+    let nonce = w.request("DELETE", USER).token(&token).challenge().await;
     let before = w.seen();
-    let proof = other.proof("DELETE", &w.url, Some(&nonce), Some(&token));
+    let proof = other.proof("DELETE", &w.url(USER), Some(&nonce), Some(&token));
     let r = send(
-        &w.url,
+        &w.url(USER),
         "DELETE",
         &[("authorization", &auth), ("dpop", &proof)],
         Bytes::new(),
     )
     .await;
-    w.assert_rejected(&r, before, 401, "invalid_dpop_proof", "device_mismatch");
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "device_mismatch")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1433,9 +1599,9 @@ async fn expired_or_forged_token_is_invalid_token_invalid_session() {
     let key = es256();
     let before = w.seen();
     let expired = token("sess-1", Some(&key.jkt()), now() - 600);
-    let proof = key.proof("DELETE", &w.url, None, Some(&expired));
+    let proof = key.proof("DELETE", &w.url(USER), None, Some(&expired));
     let r = send(
-        &w.url,
+        &w.url(USER),
         "DELETE",
         &[
             ("authorization", &format!("DPoP {expired}")),
@@ -1444,7 +1610,8 @@ async fn expired_or_forged_token_is_invalid_token_invalid_session() {
         Bytes::new(),
     )
     .await;
-    w.assert_rejected(&r, before, 401, "invalid_token", "invalid_session");
+    w.assert_refused(&r, before, 401, "invalid_token", "invalid_session")
+        .await;
     // Signed with another secret.
     let forged = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -1454,27 +1621,30 @@ async fn expired_or_forged_token_is_invalid_token_invalid_session() {
     )
     .expect("HS256 token encodes");
     let r = send(
-        &w.url,
+        &w.url(USER),
         "DELETE",
         &[("authorization", &format!("DPoP {forged}"))],
         Bytes::new(),
     )
     .await;
-    w.assert_rejected(&r, before, 401, "invalid_token", "invalid_session");
+    w.assert_refused(&r, before, 401, "invalid_token", "invalid_session")
+        .await;
     // No credential at all.
-    let r = send(&w.url, "DELETE", &[], Bytes::new()).await;
-    w.assert_rejected(&r, before, 401, "invalid_token", "no_session");
+    let r = send(&w.url(USER), "DELETE", &[], Bytes::new()).await;
+    w.assert_refused(&r, before, 401, "invalid_token", "no_session")
+        .await;
 }
 
 // ───────────────────────────── bodies ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_body_is_413_and_never_forwarded() {
-    let w = World::cookie("confirmation: { max_body: 1KiB }").await;
+    let w = cookie_world("confirmation: { max_body: 1KiB }").await;
     let before = w.seen();
     let body = Bytes::from(vec![b'x'; 2048]);
-    let r = send(&w.url, "POST", &[("cookie", &cookie(SID))], body).await;
-    w.assert_rejected(&r, before, 413, "invalid_request", "body_too_large");
+    let r = send(&w.url(USER), "POST", &[("cookie", &cookie(SID))], body).await;
+    w.assert_refused(&r, before, 413, "invalid_request", "body_too_large")
+        .await;
     assert!(
         r.header("dpop-nonce").is_none(),
         "no nonce for an action that cannot be confirmed"
@@ -1483,7 +1653,7 @@ async fn oversized_body_is_413_and_never_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_up_to_max_body_are_confirmed_and_arrive_intact() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
     let cookie = cookie(SID);
     for (n, size) in [1024usize, 64 * 1024 + 1, 1024 * 1024]
@@ -1493,19 +1663,19 @@ async fn bodies_up_to_max_body_are_confirmed_and_arrive_intact() {
         let body: Vec<u8> = (0..size).map(|_| rand::random::<u8>()).collect();
         let body = Bytes::from(body);
         let digest: [u8; 32] = Sha256::digest(&body).into();
-        let r = send(&w.url, "POST", &[("cookie", &cookie)], body.clone()).await;
-        assert_eq!(r.status, 401, "{size}: {}", text(&r));
+        let r = send(&w.url(USER), "POST", &[("cookie", &cookie)], body.clone()).await;
+        assert_eq!(r.status, 401, "{size}: {}", r.text());
         assert_eq!(r.json()["confirmation"]["body_sha256"], hex(&digest));
         let nonce = r.header("dpop-nonce").expect("DPoP-Nonce");
-        let proof = key.proof("POST", &w.url, Some(nonce), Some(SID));
+        let proof = key.proof("POST", &w.url(USER), Some(nonce), Some(SID));
         let r = send(
-            &w.url,
+            &w.url(USER),
             "POST",
             &[("cookie", &cookie), ("dpop", &proof)],
             body,
         )
         .await;
-        assert_eq!(r.status, 200, "{size}: {}", text(&r));
+        assert_eq!(r.status, 200, "{size}: {}", r.text());
         let seen = w.upstream.seen();
         assert_eq!(seen.len(), n + 1);
         assert_eq!(seen[n].body_len, size);
@@ -1518,21 +1688,26 @@ async fn bodies_up_to_max_body_are_confirmed_and_arrive_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_body_is_confirmed() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
     let cookie = cookie(SID);
     let body = Bytes::from(vec![b'e'; 64 * 1024 + 1]);
     let headers = [("cookie", cookie.as_str()), ("expect", "100-continue")];
-    let nonce = challenge(&w.url, "POST", &headers, body.clone()).await;
-    let proof = key.proof("POST", &w.url, Some(&nonce), Some(SID));
+    let nonce = w
+        .request("POST", USER)
+        .headers(&headers)
+        .body(&body)
+        .challenge()
+        .await;
+    let proof = key.proof("POST", &w.url(USER), Some(&nonce), Some(SID));
     let r = send(
-        &w.url,
+        &w.url(USER),
         "POST",
         &[headers[0], headers[1], ("dpop", &proof)],
         body.clone(),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.status, 200, "{}", r.text());
     let seen = w.upstream.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body_len, body.len());
@@ -1543,15 +1718,15 @@ async fn expect_100_continue_body_is_confirmed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_32_concurrent_identical_retries_exactly_one_is_forwarded() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
-    let proof = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
+    let proof = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     let headers = vec![
         ("cookie".to_string(), cookie(SID)),
         ("dpop".to_string(), proof),
     ];
-    let replies = race("DELETE", vec![(w.url.clone(), headers); 32]).await;
+    let replies = race("DELETE", vec![(w.url(USER), headers); 32]).await;
     one_winner(replies);
     assert_eq!(w.seen(), 1, "the upstream saw exactly one");
     let audit = w.gw.audit();
@@ -1619,10 +1794,10 @@ fn random_header_value(rng: &mut StdRng, valid: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_dpop_headers_never_succeed_never_fail_open_and_never_reach_the_upstream() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
-    let nonce = w.challenge(SID).await;
-    let valid = key.proof("DELETE", &w.url, Some(&nonce), Some(SID));
+    let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
+    let valid = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
     let seed: u64 = rand::random();
     let mut rng = StdRng::seed_from_u64(seed);
     let values: Vec<String> = (0..200)
@@ -1646,13 +1821,18 @@ async fn random_dpop_headers_never_succeed_never_fail_open_and_never_reach_the_u
         "action_mismatch",
     ];
     for value in &values {
-        let r = w.delete(SID, &[("dpop", value)]).await;
+        let r = w
+            .request("DELETE", USER)
+            .cookie(SID)
+            .dpop(value)
+            .send()
+            .await;
         assert!(
             r.status != 200 && r.status < 500,
             "seed {seed}: DPoP {value:?} → {}",
-            text(&r)
+            r.text()
         );
-        assert_eq!(r.status, 401, "seed {seed}: DPoP {value:?} → {}", text(&r));
+        assert_eq!(r.status, 401, "seed {seed}: DPoP {value:?} → {}", r.text());
         let error = r.dpop_error().unwrap_or_default();
         assert!(
             matches!(error.as_str(), "invalid_dpop_proof" | "use_dpop_nonce"),
@@ -1668,19 +1848,24 @@ async fn random_dpop_headers_never_succeed_never_fail_open_and_never_reach_the_u
         assert_eq!(w.seen(), 0, "seed {seed}: {value:?} reached the upstream");
     }
     // And the genuine proof still goes through afterwards.
-    let r = w.delete(SID, &[("dpop", &valid)]).await;
-    assert_eq!(r.status, 200, "seed {seed}: {}", text(&r));
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&valid)
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "seed {seed}: {}", r.text());
 }
 
 // ───────────────────────────── metrics ─────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_each_decision_exactly() {
-    let w = World::cookie("").await;
+    let w = cookie_world("").await;
     let key = es256();
     // passthrough
     let r = send(
-        &w.at("/api/users"),
+        &w.url("/api/users"),
         "GET",
         &[("cookie", &cookie(SID))],
         Bytes::new(),
@@ -1688,38 +1873,42 @@ async fn metrics_count_each_decision_exactly() {
     .await;
     assert_eq!(r.status, 200);
     // challenge + accept
-    let proof = w.confirm(SID, &key).await;
+    let proof = confirm(&w, SID, &key).await;
     // replay
-    let r = w.delete(SID, &[("dpop", &proof)]).await;
+    let r = w
+        .request("DELETE", USER)
+        .cookie(SID)
+        .dpop(&proof)
+        .send()
+        .await;
     assert_eq!(r.status, 401);
     let metrics = w.gw.metrics().await;
-    for line in [
-        r#"countersign_requests_total{decision="passthrough",route="default"} 1"#,
-        r#"countersign_requests_total{decision="challenged",route="delete-user"} 1"#,
-        r#"countersign_requests_total{decision="accepted",route="delete-user"} 1"#,
-        r#"countersign_requests_total{decision="rejected",route="delete-user"} 1"#,
-        r#"countersign_rejections_total{reason="replay",route="delete-user"} 1"#,
-        r#"countersign_replays_blocked_total{route="delete-user"} 1"#,
-    ] {
-        assert_metric(&metrics, line);
-    }
-    let requests: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("countersign_requests_total{"))
-        .collect();
+    // Every series of each counter, with its value: nothing else was counted.
+    let series = |name: &str| -> BTreeSet<&str> {
+        metrics
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .collect()
+    };
     assert_eq!(
-        requests.len(),
-        4,
-        "no other decisions counted: {requests:?}"
+        series("countersign_requests_total"),
+        BTreeSet::from([
+            r#"countersign_requests_total{decision="accepted",route="delete-user"} 1"#,
+            r#"countersign_requests_total{decision="challenged",route="delete-user"} 1"#,
+            r#"countersign_requests_total{decision="passthrough",route="default"} 1"#,
+            r#"countersign_requests_total{decision="rejected",route="delete-user"} 1"#,
+        ]),
+        "exactly these decisions are counted"
     );
-    let rejections: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("countersign_rejections_total{"))
-        .collect();
     assert_eq!(
-        rejections.len(),
-        1,
-        "no other rejections counted: {rejections:?}"
+        series("countersign_rejections_total"),
+        BTreeSet::from([r#"countersign_rejections_total{reason="replay",route="delete-user"} 1"#]),
+        "exactly these rejections are counted"
+    );
+    assert_eq!(
+        series("countersign_replays_blocked_total"),
+        BTreeSet::from([r#"countersign_replays_blocked_total{route="delete-user"} 1"#]),
     );
     assert!(
         metrics.contains("countersign_proof_verify_seconds_count"),

@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use support::lenient::{lenient_path, raw, Lenient, RawReply, Switch};
+use support::world::{assert_refused, Refused};
 use support::Gateway;
 
 const SID: &str = "victim-session-7c1d";
@@ -122,26 +123,22 @@ impl World {
             .expect("an audit record for this request")
     }
 
-    /// Asserts a refusal: status, error, reason in the body and in the audit record of that
-    /// request, and that the upstream saw nothing at all.
-    fn assert_refused(&self, r: &RawReply, status: u16, error: &str, reason: &str, what: &str) {
-        assert_eq!(
-            r.status,
+    /// Asserts a refusal (the shared check) and that the upstream saw nothing at all.
+    async fn assert_refused(
+        &self,
+        r: &RawReply,
+        status: u16,
+        error: &str,
+        reason: &str,
+        case: &str,
+    ) -> Value {
+        let refused = Refused {
             status,
-            "{what}: status; {}",
-            String::from_utf8_lossy(&r.body)
-        );
-        let body = r.json();
-        assert_eq!(body["error"], error, "{what}: {body} {}", r.head);
-        assert_eq!(body["reason"], reason, "{what}: {body}");
-        let audit = self.audit_of(r);
-        assert_eq!(audit["event"], "rejected", "{what}: {audit}");
-        assert_eq!(audit["reason"], reason, "{what}: {audit}");
-        assert!(
-            self.up.seen().is_empty(),
-            "{what}: upstream saw {:?}",
-            self.up.seen()
-        );
+            error,
+            reason,
+            case,
+        };
+        assert_refused(&self.gw, || self.up.seen().len(), 0, r, refused).await
     }
 
     /// Asserts a challenge: 401 use_dpop_nonce with a nonce, audit `challenged`, nothing sent.
@@ -180,7 +177,8 @@ async fn targets_that_are_not_origin_form_are_refused_before_routing() {
     ] {
         let w = World::new(Switch::Correct).await;
         let r = w.send("DELETE", target, &[], b"").await;
-        w.assert_refused(&r, 400, "invalid_request", "invalid_target", target);
+        w.assert_refused(&r, 400, "invalid_request", "invalid_target", target)
+            .await;
         assert_eq!(
             w.audit_of(&r)["route"],
             "",
@@ -228,7 +226,8 @@ async fn a_forwarded_element_cannot_be_injected_through_host() {
         "invalid_request",
         "invalid_target",
         "Host injection",
-    );
+    )
+    .await;
     let r = raw(
         &w.addr,
         format!(
@@ -424,7 +423,8 @@ async fn bodies_the_gateway_cannot_read_fail_closed() {
         "invalid_request",
         "body_too_large",
         "oversized form",
-    );
+    )
+    .await;
     assert_eq!(w.audit_of(&r)["route"], "bulk-delete");
 }
 
@@ -467,7 +467,8 @@ async fn look_alike_session_cookies_identify_no_session() {
             w.host()
         );
         let r = raw(&w.addr, req.as_bytes()).await;
-        w.assert_refused(&r, 401, "invalid_token", "invalid_session", cookie);
+        w.assert_refused(&r, 401, "invalid_token", "invalid_session", cookie)
+            .await;
     }
 }
 
@@ -515,7 +516,8 @@ async fn upgrades_open_only_as_checked_websockets_on_their_routes() {
         "invalid_request",
         "upgrade_refused",
         "upgrade on a plain route",
-    );
+    )
+    .await;
 
     let w = World::new(Switch::Correct).await;
     let r = w.send("GET", "/ws/feed", &handshake, b"").await;

@@ -3,8 +3,18 @@
 
 mod support;
 
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
 use support::{free_port, send, Gateway, Upstream};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 
 const CONFIG: &str = r#"
 upstreams:
@@ -27,10 +37,6 @@ routes:
     risk: low
   - name: redirects
     match: { path: "/redirect/{*rest}" }
-    upstream: legacy
-    risk: low
-  - name: download
-    match: { methods: [GET], path: "/download/{n}" }
     upstream: legacy
     risk: low
   - name: slow
@@ -205,18 +211,101 @@ async fn upstream_timeout_is_a_json_504() {
     assert_eq!(r.json()["error"], "upstream_timeout");
 }
 
+/// A low-risk route in front of an upstream that answers slowly.
+const HELD_CONFIG: &str = r#"
+upstreams: { legacy: { address: "{upstream}", read_timeout: 30s } }
+session: { kind: header, header: x-session }
+routes:
+  - name: download
+    match: { methods: [GET], path: "/{*rest}" }
+    upstream: legacy
+    risk: low
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_responses_stream_back_intact() {
-    let (gw, _upstream) = world().await;
-    let n = 8 * 1024 * 1024 + 7;
-    let r = send(
-        &format!("{}/download/{n}", gw.base),
-        "GET",
-        &[],
-        Bytes::new(),
-    )
+    // The upstream sends its first chunk, then holds the rest of the body until the test says
+    // so: a gateway that buffered the response would deliver nothing while it waits.
+    const FIRST: usize = 64 * 1024;
+    const REST: usize = 8 * 1024 * 1024 + 7;
+    let (release, released) = oneshot::channel::<()>();
+    let released = Arc::new(Mutex::new(Some(released)));
+    let upstream = Upstream::start_with(move |_, _| {
+        let released = released.lock().expect("release lock").take();
+        async move {
+            let (tx, rx) = mpsc::channel::<Bytes>(4);
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from(vec![b'a'; FIRST])).await;
+                if let Some(released) = released {
+                    let _ = released.await;
+                }
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                let mut left = REST;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if tx.send(chunk.slice(..n)).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+            let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+                let data = rx.recv().await?;
+                Some((Ok::<_, Infallible>(Frame::data(data)), rx))
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(frames)))
+        }
+    })
     .await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.body.len(), n);
-    assert!(r.body.iter().all(|&b| b == b'x'));
+    let gw = Gateway::start(HELD_CONFIG, &upstream).await;
+
+    let stream = TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/download")
+        .header("host", format!("127.0.0.1:{}", gw.port))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response head");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+
+    // The first chunk arrives while the upstream is still holding the rest back. The deadline
+    // only bounds a failure; a streaming gateway passes as soon as the bytes are through.
+    let first = tokio::time::timeout(Duration::from_secs(30), async {
+        while received.len() < FIRST {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    received.extend_from_slice(frame.data_ref().map_or(&[][..], |d| d))
+                }
+                other => panic!("the body ended early: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        first.is_ok(),
+        "the gateway held back the first {FIRST} bytes while the upstream was still sending: it \
+         buffers responses instead of streaming them (got {} bytes)",
+        received.len()
+    );
+    assert_eq!(received.len(), FIRST, "no more than the upstream has sent");
+    assert!(received.iter().all(|&b| b == b'a'));
+
+    release
+        .send(())
+        .expect("the upstream is waiting for the release");
+    let rest = body
+        .collect()
+        .await
+        .expect("the rest of the body")
+        .to_bytes();
+    assert_eq!(rest.len(), REST, "the whole body arrives");
+    assert!(rest.iter().all(|&b| b == b'x'), "intact");
+    assert_eq!(upstream.count(), 1);
 }

@@ -251,24 +251,39 @@ async fn operations_endpoints_answer_on_the_metrics_listener() {
 async fn the_request_id_in_the_response_is_the_one_in_the_audit_record() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(CONFIG, &upstream).await;
-    let r = send(
-        &format!("{}/api/users/7", gw.base),
-        "DELETE",
-        &[("cookie", "sid=x")],
-        Bytes::new(),
-    )
-    .await;
-    let id = r
-        .header("countersign-request-id")
-        .expect("request id header")
-        .to_string();
-    let record = gw.audit_of(&r);
-    assert_eq!(record["request_id"], id.as_str());
-    assert_eq!(record["event"], "challenged");
+    // Two challenges, told apart in the audit log by their targets alone.
+    let mut ids = Vec::new();
+    for target in ["/api/users/7", "/api/users/8"] {
+        let r = send(
+            &format!("{}{target}", gw.base),
+            "DELETE",
+            &[("cookie", "sid=x")],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+        let id = r
+            .header("countersign-request-id")
+            .expect("request id header")
+            .to_string();
+        ids.push((target, id));
+    }
+    let audit = gw.audit();
+    assert_eq!(audit.len(), 2, "one record per challenge: {audit:?}");
+    for (target, id) in &ids {
+        let record = audit
+            .iter()
+            .find(|r| r["target"] == *target)
+            .unwrap_or_else(|| panic!("a record of {target}: {audit:?}"));
+        assert_eq!(record["event"], "challenged", "{record}");
+        assert_eq!(record["request_id"], id.as_str(), "{target}: {record}");
+    }
+    assert_ne!(ids[0].1, ids[1].1, "each request has its own id");
     let low = send(&format!("{}/api/users", gw.base), "GET", &[], Bytes::new()).await;
-    assert!(low
+    let low_id = low
         .header("countersign-request-id")
-        .is_some_and(|v| v != id));
+        .expect("a passthrough response names its request too");
+    assert!(ids.iter().all(|(_, id)| id != low_id));
 }
 
 /// Names of the metric families `/metrics` exposes, with the series names histograms add.

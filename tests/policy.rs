@@ -23,6 +23,7 @@ use countersign::routes::{PathTemplate, Risk, Route};
 use countersign::session::Session;
 use redis_support::RedisServer;
 use serde_json::{json, Value};
+use support::world::{assert_refused, Refused};
 use support::{send, Gateway, Reply, Upstream};
 
 const POLICIES: &str = "config/policies.cedar";
@@ -665,8 +666,8 @@ impl World {
         send(&url, method, &headers, Bytes::from(body.to_string())).await
     }
 
-    /// Asserts a refusal after the confirmation: status, error, reason, audit, nothing forwarded.
-    fn assert_refused(
+    /// Asserts a refusal after the confirmation (the shared check); returns its audit record.
+    async fn assert_refused(
         &self,
         r: &Reply,
         seen_before: usize,
@@ -674,26 +675,13 @@ impl World {
         error: &str,
         reason: &str,
     ) -> Value {
-        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
-        assert_eq!(r.json()["error"], error);
-        assert!(r.json()["error_description"].is_string());
-        if status == 401 {
-            assert_eq!(r.dpop_error().as_deref(), Some(error));
-            assert_eq!(
-                r.header("dpop-nonce").is_some(),
-                error != "invalid_token",
-                "a 401 of a valid session has a nonce, of an ended one none"
-            );
-        }
-        let audit = self.gw.audit_of(r);
-        assert_eq!(audit["event"], "rejected", "{audit}");
-        assert_eq!(audit["reason"], reason, "{audit}");
-        assert_eq!(
-            self.upstream.seen().len(),
-            seen_before,
-            "the upstream saw nothing"
-        );
-        audit
+        let refused = Refused {
+            status,
+            error,
+            reason,
+            case: "",
+        };
+        assert_refused(&self.gw, || self.upstream.count(), seen_before, r, refused).await
     }
 }
 
@@ -710,7 +698,9 @@ async fn the_policy_refuses_with_policy_denied_and_names_the_policy() {
     let r = w
         .confirm("POST", "/api/deploys/7/release", &dev, "", &[])
         .await;
-    let audit = w.assert_refused(&r, before, 403, "forbidden", "policy_denied");
+    let audit = w
+        .assert_refused(&r, before, 403, "forbidden", "policy_denied")
+        .await;
     assert_eq!(audit["policies"], json!(["release-needs-sre"]));
     assert_eq!(audit["subject"], "dave");
 
@@ -731,13 +721,17 @@ async fn the_policy_refuses_with_policy_denied_and_names_the_policy() {
     let r = w
         .confirm("DELETE", "/api/accounts/%31", &sre, "", &[])
         .await;
-    let audit = w.assert_refused(&r, before, 403, "forbidden", "policy_denied");
+    let audit = w
+        .assert_refused(&r, before, 403, "forbidden", "policy_denied")
+        .await;
     assert_eq!(audit["policies"], json!(["protected-accounts"]));
 
     let r = w
         .confirm("POST", "/api/refunds", &sre, r#"{"amount": 20000}"#, &[])
         .await;
-    let audit = w.assert_refused(&r, before, 403, "forbidden", "policy_denied");
+    let audit = w
+        .assert_refused(&r, before, 403, "forbidden", "policy_denied")
+        .await;
     assert_eq!(audit["policies"], json!(["refund-limit"]));
     let r = w
         .confirm("POST", "/api/refunds", &sre, r#"{"amount": 200}"#, &[])
@@ -761,7 +755,8 @@ async fn a_policy_that_cannot_be_evaluated_fails_closed() {
     let r = w
         .confirm("POST", "/api/refunds", &t, r#"{"amount": 1}"#, &[])
         .await;
-    w.assert_refused(&r, before, 503, "temporarily_unavailable", "policy_error");
+    w.assert_refused(&r, before, 503, "temporarily_unavailable", "policy_error")
+        .await;
     let r = w
         .confirm("POST", "/api/refunds", &t, r#"{"ticket": "OPS-1"}"#, &[])
         .await;
@@ -796,7 +791,8 @@ async fn step_up_asks_for_the_listed_acr_and_a_recent_authentication() {
             401,
             "insufficient_user_authentication",
             "step_up_required",
-        );
+        )
+        .await;
         let challenge = r.header("www-authenticate").expect("WWW-Authenticate");
         assert!(
             challenge.starts_with("DPoP error=\"insufficient_user_authentication\"")
@@ -845,7 +841,9 @@ async fn a_network_change_is_allowed_by_default() {
 #[tokio::test]
 async fn a_network_change_is_denied_with_risk_denied() {
     let (w, _, before, r) = network_change("deny").await;
-    let audit = w.assert_refused(&r, before, 403, "forbidden", "risk_denied");
+    let audit = w
+        .assert_refused(&r, before, 403, "forbidden", "risk_denied")
+        .await;
     assert_eq!(audit["client_ip"], "127.0.0.1");
 }
 
@@ -858,7 +856,8 @@ async fn a_network_change_asks_for_a_fresh_authentication() {
         401,
         "insufficient_user_authentication",
         "step_up_required",
-    );
+    )
+    .await;
     assert!(r
         .header("www-authenticate")
         .is_some_and(|h| h.contains("max_age=300")));
@@ -922,7 +921,9 @@ async fn revocation_ends_a_session_and_a_subject_on_every_replica() {
     let url = format!("{}/api/accounts/42", b.gw.base);
     let auth = format!("DPoP {first}");
     let r = send(&url, "DELETE", &[("authorization", &auth)], Bytes::new()).await;
-    let audit = b.assert_refused(&r, before, 401, "invalid_token", "session_revoked");
+    let audit = b
+        .assert_refused(&r, before, 401, "invalid_token", "session_revoked")
+        .await;
     assert_eq!(audit["session"], hash.as_str());
 
     // A subject's sessions that started before its revocation end; a new sign-in works.
@@ -936,7 +937,8 @@ async fn revocation_ends_a_session_and_a_subject_on_every_replica() {
     let url = format!("{}/api/accounts/43", a.gw.base);
     let auth = format!("DPoP {second}");
     let r = send(&url, "DELETE", &[("authorization", &auth)], Bytes::new()).await;
-    a.assert_refused(&r, before, 401, "invalid_token", "session_revoked");
+    a.assert_refused(&r, before, 401, "invalid_token", "session_revoked")
+        .await;
     let other = token(json!({"sub": "kim", "sid": "revoke-3"}));
     let r = a
         .confirm("DELETE", "/api/accounts/44", &other, "", &[])

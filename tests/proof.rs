@@ -744,14 +744,99 @@ fn extra_header_parameters_and_claims_are_ignored() {
     assert!(verify_with(&key.sign_jws(&h, &c), &[ProofAlg::Es256]).is_ok());
 }
 
-fn header_name() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec![
-        "typ", "alg", "jwk", "kid", "jku", "x5c", "crit", "b64", "cty",
-    ])
+/// Header members that locate or constrain the key or the encoding: never added at random.
+const RESERVED_HEADER: [&str; 9] = [
+    "typ", "alg", "jwk", "kid", "jku", "x5u", "x5c", "crit", "b64",
+];
+
+/// The claims of a proof.
+const CLAIMS: [&str; 6] = ["jti", "htm", "htu", "iat", "ath", "nonce"];
+
+/// One thing wrong with an otherwise valid proof whose header passes every check.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// The signature segment replaced.
+    Signature(String),
+    /// Signed by a key other than the header's `jwk`.
+    SignedByAnother,
+    /// A required claim left out.
+    Remove(&'static str),
+    /// A claim set to this value.
+    Set(&'static str, Value),
 }
 
-fn claim_name() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec!["jti", "htm", "htu", "iat", "ath", "nonce", "exp"])
+impl Fault {
+    /// The reason the proof must be refused with (docs/protocol.md, "Checks and reasons").
+    fn reason(&self) -> Reason {
+        match self {
+            Fault::Signature(_) | Fault::SignedByAnother => Reason::BadSignature,
+            Fault::Remove("ath") | Fault::Set("ath", _) => Reason::AthMissing,
+            Fault::Remove(_) => Reason::MissingClaim,
+            Fault::Set("htm", Value::String(_)) => Reason::HtmMismatch,
+            Fault::Set("htu", Value::String(_)) => Reason::HtuMismatch,
+            Fault::Set("iat", Value::Number(n)) if n.is_i64() => Reason::StaleProof,
+            Fault::Set(_, _) => Reason::MissingClaim,
+        }
+    }
+}
+
+/// Any JSON value, a few levels deep.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        "\\PC{0,16}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(2, 8, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Any JSON value but a string.
+fn non_string() -> impl Strategy<Value = Value> {
+    json_value().prop_filter("not a string", |v| !v.is_string())
+}
+
+/// A `iat` outside the accepted window of [`check`] (60 s old, 5 s ahead).
+fn iat_outside_the_window() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        (61..i64::MAX / 2).prop_map(|d| NOW - d),
+        (6..i64::MAX / 2).prop_map(|d| NOW + d)
+    ]
+}
+
+/// Every way [`Fault`] can spoil a valid proof, with random values.
+fn fault() -> impl Strategy<Value = Fault> {
+    let required = prop::sample::select(vec!["jti", "htm", "htu", "iat", "ath"]);
+    let string_claim = prop::sample::select(vec!["jti", "htm", "htu", "ath", "nonce"]);
+    prop_oneof![
+        "[A-Za-z0-9_-]{0,400}".prop_map(Fault::Signature),
+        Just(Fault::SignedByAnother),
+        required.prop_map(Fault::Remove),
+        (string_claim, non_string()).prop_map(|(name, v)| Fault::Set(name, v)),
+        non_string()
+            .prop_filter("not an i64", |v| !v.is_i64())
+            .prop_map(|v| Fault::Set("iat", v)),
+        prop_oneof![Just(String::new()), "j{257,400}"]
+            .prop_map(|jti| Fault::Set("jti", jti.into())),
+        "[A-Za-z]{1,10}"
+            .prop_filter("another method", |m| m != "DELETE")
+            .prop_map(|m| Fault::Set("htm", m.into())),
+        prop_oneof![
+            "\\PC{0,60}",
+            "[a-z0-9/._-]{1,12}".prop_map(|tail| format!("{URL}/{tail}")),
+            "[a-z0-9.-]{1,20}".prop_map(|host| format!("https://{host}/api/users/7")),
+        ]
+        .prop_filter("another URI", |u| htu::normalize(u).as_deref() != Some(URL))
+        .prop_map(|u| Fault::Set("htu", u.into())),
+        iat_outside_the_window().prop_map(|iat| Fault::Set("iat", iat.into())),
+    ]
 }
 
 /// A valid ES256 and a valid EdDSA proof, for mutation.
@@ -780,20 +865,49 @@ proptest! {
 
     #[test]
     fn random_json_segments_never_verify(
-        header in proptest::collection::vec((header_name(), "\\PC{0,24}"), 0..8),
-        claims in proptest::collection::vec((claim_name(), any::<i64>()), 0..8),
-        signature in "[A-Za-z0-9_-]{0,100}",
+        alg in 0..ProofAlg::ALL.len(),
+        fault in fault(),
+        extra_header in proptest::collection::btree_map("[a-z]{1,6}", json_value(), 0..4),
+        extra_claims in proptest::collection::btree_map("[a-z]{1,6}", json_value(), 0..4),
     ) {
-        let header: serde_json::Map<String, Value> =
-            header.into_iter().map(|(k, v)| (k.to_owned(), Value::String(v))).collect();
-        let claims: serde_json::Map<String, Value> =
-            claims.into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect();
-        let proof = format!(
-            "{}.{}.{signature}",
-            b64(Value::Object(header).to_string()),
-            b64(Value::Object(claims).to_string())
+        // A header that passes every header check: the random part is in the claims and the
+        // signature, so each case reaches the claim checks or the signature check.
+        let signer = key(ProofAlg::ALL[alg]);
+        let other = key(ProofAlg::ALL[(alg + 1) % ProofAlg::ALL.len()]);
+        let mut h = header(signer);
+        for (name, value) in extra_header {
+            if !RESERVED_HEADER.contains(&name.as_str()) {
+                h[name] = value;
+            }
+        }
+        let mut c = claims();
+        for (name, value) in extra_claims {
+            if !CLAIMS.contains(&name.as_str()) {
+                c[name] = value;
+            }
+        }
+        let proof = match &fault {
+            Fault::Signature(signature) => {
+                let [header_b64, payload_b64, _] = segments(&signer.sign_jws(&h, &c));
+                format!("{header_b64}.{payload_b64}.{signature}")
+            }
+            Fault::SignedByAnother => {
+other.sign_jws(&h, &c)
+            }
+            Fault::Remove(name) => {
+                c.as_object_mut().expect("claims are an object").remove(*name);
+                signer.sign_jws(&h, &c)
+            }
+            Fault::Set(name, value) => {
+                c[*name] = value.clone();
+                signer.sign_jws(&h, &c)
+            }
+        };
+        prop_assert_eq!(
+            proof::verify(&[proof.as_bytes()], &check(&ProofAlg::ALL)),
+            Err(fault.reason()),
+            "{:?} with {:?}: {}", ProofAlg::ALL[alg], fault, proof
         );
-        prop_assert!(proof::verify(&[proof.as_bytes()], &check(&ProofAlg::ALL)).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod lenient;
+pub mod world;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -14,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use countersign::server::{self, Running};
 use http::HeaderMap;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -29,11 +30,37 @@ pub struct Seen {
     pub method: String,
     pub uri: String,
     pub headers: HeaderMap,
+    /// The body, when it is at most [`KEPT_BODY`] bytes (only its length and hash otherwise).
+    pub body: Bytes,
     pub body_len: usize,
     pub body_sha256: [u8; 32],
 }
 
-/// A recording upstream.
+/// Largest request body a recording upstream keeps whole; larger ones stream through and only
+/// their length and hash are kept, so a test can send far more than fits in memory.
+pub const KEPT_BODY: usize = 2 * 1024 * 1024;
+
+impl Seen {
+    /// A request header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The path of the request target, without the query.
+    pub fn path(&self) -> &str {
+        self.uri.split('?').next().unwrap_or(&self.uri)
+    }
+
+    /// The claims of the `Countersign-Provenance` token it received (unverified).
+    pub fn provenance(&self) -> Value {
+        let token = self
+            .header("countersign-provenance")
+            .expect("a confirmed request carries Countersign-Provenance");
+        world::jws_claims(token)
+    }
+}
+
+/// A recording upstream: keeps every request it received, in order, before it answers.
 #[derive(Clone)]
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -42,17 +69,52 @@ pub struct Upstream {
 
 impl Upstream {
     /// Starts one on the current runtime. Paths: `/redirect/...` → 303 to its own origin,
-    /// `/slow[/MS]` → answers after MS (default 3000) ms, `/download/N` → N bytes streamed, else 200 JSON.
+    /// `/slow[/MS]` → answers after MS (default 3000) ms, else 200 JSON.
     pub async fn start() -> Upstream {
+        Upstream::start_with(answer).await
+    }
+
+    /// Starts one that records each request, then answers it with `app(request, own address)`.
+    pub async fn start_with<F, Fut>(app: F) -> Upstream
+    where
+        F: Fn(Seen, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+    {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
-        let addr = serve(move |req, addr| handle(req, addr, record.clone())).await;
+        let addr = serve(move |req, addr| {
+            let (record, app) = (record.clone(), app.clone());
+            async move {
+                let seen = receive(req).await;
+                record
+                    .lock()
+                    .expect("upstream record lock")
+                    .push(seen.clone());
+                Ok::<_, Infallible>(app(seen, addr).await)
+            }
+        })
+        .await;
         Upstream { addr, seen }
     }
 
     /// Everything received so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("upstream record lock").clone()
+    }
+
+    /// How many requests it received so far.
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("upstream record lock").len()
+    }
+
+    /// The last request it received.
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream received a request")
+    }
+
+    /// Its own origin, as it writes it in absolute `Location`s.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
     }
 }
 
@@ -83,31 +145,41 @@ where
     addr
 }
 
-type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+/// The body type of a recording upstream's answers.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-async fn handle(
-    req: Request<Incoming>,
-    addr: SocketAddr,
-    record: Arc<Mutex<Vec<Seen>>>,
-) -> Result<Response<Body>, Infallible> {
+/// Reads a request whole (hashing the body as it streams, keeping at most [`KEPT_BODY`]).
+async fn receive(req: Request<Incoming>) -> Seen {
     let (parts, mut body) = req.into_parts();
     let mut hasher = Sha256::new();
+    let mut kept = Vec::new();
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else { break };
         if let Some(data) = frame.data_ref() {
             len += data.len();
             hasher.update(data);
+            if len <= KEPT_BODY {
+                kept.extend_from_slice(data);
+            }
         }
     }
-    record.lock().expect("upstream record lock").push(Seen {
+    if len > KEPT_BODY {
+        kept.clear();
+    }
+    Seen {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
-        headers: parts.headers.clone(),
+        headers: parts.headers,
+        body: Bytes::from(kept),
         body_len: len,
         body_sha256: hasher.finalize().into(),
-    });
-    let path = parts.uri.path().to_string();
+    }
+}
+
+/// The answers of [`Upstream::start`].
+async fn answer(seen: Seen, addr: SocketAddr) -> Response<Body> {
+    let path = seen.path().to_string();
     let resp = if let Some(rest) = path.strip_prefix("/redirect") {
         Response::builder()
             .status(303)
@@ -118,47 +190,17 @@ async fn handle(
         let ms = ms.trim_start_matches('/').parse().unwrap_or(3000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Response::builder().body(full("late"))
-    } else if let Some(n) = path.strip_prefix("/download/") {
-        let total: usize = n.parse().unwrap_or(0);
-        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-        let stream = futures_stream(total, chunk);
-        Response::builder().body(BodyExt::boxed(StreamBody::new(stream)))
     } else {
         Response::builder()
             .header("content-type", "application/json")
-            .body(full(&format!(r#"{{"ok":true,"len":{len}}}"#)))
+            .body(full(&format!(r#"{{"ok":true,"len":{}}}"#, seen.body_len)))
     };
-    Ok(resp.expect("valid test response"))
+    resp.expect("valid test response")
 }
 
-fn full(s: &str) -> Body {
+/// A whole body of text.
+pub fn full(s: &str) -> Body {
     BodyExt::boxed(Full::new(Bytes::from(s.to_string())))
-}
-
-/// A stream of `total` bytes in `chunk`-sized frames, generated as it is read.
-fn futures_stream(
-    total: usize,
-    chunk: Bytes,
-) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
-    struct Gen {
-        left: usize,
-        chunk: Bytes,
-    }
-    impl futures_core::Stream for Gen {
-        type Item = Result<Frame<Bytes>, Infallible>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            if self.left == 0 {
-                return std::task::Poll::Ready(None);
-            }
-            let n = self.left.min(self.chunk.len());
-            self.left -= n;
-            std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
-        }
-    }
-    Gen { left: total, chunk }
 }
 
 /// A gateway running in this process, with its audit log in a temp dir.
@@ -258,6 +300,18 @@ impl Gateway {
             .expect("an audit record was written for this request")
     }
 
+    /// Waits (a `completed` record is written after the response) for the first audit record
+    /// that satisfies `what`.
+    pub async fn wait_for_audit(&self, what: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..300 {
+            if let Some(record) = self.audit().into_iter().find(|r| what(r)) {
+                return record;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("audit record never written; log: {:#?}", self.audit());
+    }
+
     /// The gateway's `/metrics` text.
     pub async fn metrics(&self) -> String {
         let r = send(
@@ -297,6 +351,16 @@ impl Reply {
     /// The JSON body.
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("JSON body")
+    }
+
+    /// Status, headers and body, for assertion messages.
+    pub fn text(&self) -> String {
+        format!(
+            "{} {:?} {}",
+            self.status,
+            self.headers,
+            String::from_utf8_lossy(&self.body)
+        )
     }
 
     /// The `error` of `WWW-Authenticate: DPoP error="..."`.
