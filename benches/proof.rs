@@ -11,7 +11,7 @@ use aws_lc_rs::signature::{
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use countersign::alg::ProofAlg;
-use countersign::keys::{self, DeviceKey};
+use countersign::keys::DeviceKey;
 use countersign::proof::{self, ProofCheck};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -75,7 +75,7 @@ fn bench_proof_verify(c: &mut Criterion) {
         };
         let verified =
             proof::verify(&[proof_text.as_bytes()], &check).expect("the bench proof verifies");
-        assert!(verified.ath_matches(&keys::ath(credential)));
+        assert!(verified.ath_matches(&countersign::session::ath(credential)));
 
         let mut group = c.benchmark_group(alg.as_str());
         group.bench_function("raw_verify", |b| {

@@ -276,9 +276,7 @@ impl AuditLog {
         let claims = CheckpointClaims {
             head: sink.prev.clone(),
             count: sink.lines,
-            iat: SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            iat: crate::clock::now_secs(),
         };
         let jws = checkpoints
             .signer

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
 use subtle::ConstantTimeEq;
@@ -199,7 +199,7 @@ impl Confirmer {
                 algs: &self.config.algs,
                 method: ex.method,
                 htu: ex.htu.unwrap_or(""),
-                now: unix_now(),
+                now: crate::clock::now_secs() as i64,
                 max_age: self.config.proof_max_age,
                 clock_skew: self.config.clock_skew,
             },
@@ -258,7 +258,7 @@ impl Confirmer {
                         .record_origin(
                             &store::key("origin", &[session.id.as_bytes()]),
                             &policy::network(ip),
-                            unix_now().max(0) as u64,
+                            crate::clock::now_secs(),
                             self.binding_ttl,
                         )
                         .await,
@@ -318,7 +318,7 @@ impl Confirmer {
     /// the store every replica shares; marks last `binding_ttl`.
     pub async fn revoke(&self, mark: &store::Key) -> Result<(), StoreError> {
         self.store
-            .revoke(mark, unix_now().max(0) as u64, self.binding_ttl)
+            .revoke(mark, crate::clock::now_secs(), self.binding_ttl)
             .await
     }
 
@@ -443,10 +443,4 @@ pub fn subject_mark(subject: &str) -> store::Key {
 /// The store key of a session's device binding (a DPoP key or a passkey).
 pub fn binding_key(session_id: &str) -> store::Key {
     store::key("binding", &[session_id.as_bytes()])
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -12,17 +12,6 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-/// Response hop-by-hop headers the relay owns.
-const RESPONSE_HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Why forwarding failed, and what the client is told.
 #[derive(Debug)]
 pub enum ForwardError {
@@ -95,7 +84,7 @@ impl Forwarder {
                 ),
             ));
         }
-        for name in RESPONSE_HOP_BY_HOP {
+        for name in crate::forwarding::HOP_BY_HOP {
             head.remove_header(name);
         }
         let bodyless = req.method == http::Method::HEAD || matches!(status, 204 | 304);

@@ -11,8 +11,9 @@ use pingora::http::RequestHeader;
 
 use crate::config::{PublicOrigin, UpstreamScheme};
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1 and the legacy `keep-alive`/`proxy-connection`).
-const HOP_BY_HOP: [&str; 9] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the legacy `keep-alive`/`proxy-connection`), in
+/// either direction: the relay and Pingora own the connection's framing.
+pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -378,32 +379,11 @@ pub fn gateway_target(location: &str, public_base: &str, request_path: &str) -> 
         Some((p, q)) => (p, Some(q)),
         None => (reference.as_str(), None),
     };
-    let path = remove_dot_segments(path);
+    let path = crate::htu::without_dot_segments(path);
     Some(match query {
         Some(q) => format!("{path}?{q}"),
         None => path,
     })
-}
-
-/// RFC 3986 §5.2.4 on an absolute path; encoding is left as written.
-fn remove_dot_segments(path: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    for (i, segment) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        match *segment {
-            "." | ".." => {
-                if *segment == ".." {
-                    out.pop();
-                }
-                if last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    format!("/{}", out.join("/"))
 }
 
 #[cfg(test)]

@@ -138,7 +138,14 @@ fn push_normalized(
     Some(())
 }
 
-/// RFC 3986 §5.2.4 `remove_dot_segments` for an absolute path (one that starts with `/`).
+/// RFC 3986 §5.2.4 `remove_dot_segments` on an absolute path; encoding is left as written.
+pub(crate) fn without_dot_segments(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    remove_dot_segments(&mut out, path);
+    out
+}
+
+/// [`without_dot_segments`] into `out`.
 fn remove_dot_segments(out: &mut String, path: &str) {
     let mut segments: Vec<&str> = Vec::new();
     // A trailing `.` or `..` leaves the path ending in `/` ("/a/b/.." is "/a/").

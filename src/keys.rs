@@ -4,7 +4,6 @@
 //! RSA → RS256 unless `with_alg` picks PS256). Signing is done with aws-lc-rs directly.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
@@ -17,7 +16,6 @@ use aws_lc_rs::signature::{
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::alg::ProofAlg;
 use crate::jwk;
@@ -142,9 +140,7 @@ impl DeviceKey {
         nonce: Option<&str>,
         credential: Option<&str>,
     ) -> String {
-        let iat = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs());
+        let iat = crate::clock::now_secs();
         let mut claims = Map::new();
         // RFC 9449 §4.2: a unique identifier with at least 96 bits of randomness; 128 here.
         claims.insert(
@@ -158,7 +154,7 @@ impl DeviceKey {
             claims.insert("nonce".into(), Value::String(nonce.to_owned()));
         }
         if let Some(credential) = credential {
-            claims.insert("ath".into(), Value::String(ath(credential)));
+            claims.insert("ath".into(), Value::String(crate::session::ath(credential)));
         }
         let header = json!({"typ": "dpop+jwt", "alg": self.alg.as_str(), "jwk": self.public_jwk});
         self.sign_jws(&header, &Value::Object(claims))
@@ -248,11 +244,6 @@ impl fmt::Debug for DeviceKey {
     }
 }
 
-/// The `ath` claim for a session credential: base64url(SHA-256(credential)) (RFC 9449 §4.2).
-pub fn ath(credential: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(credential.as_bytes()))
-}
-
 /// The JWK of an uncompressed SEC 1 point `0x04 || x || y` (RFC 7518 §6.2.1).
 fn ec_jwk(crv: &str, point: &[u8]) -> Value {
     let coordinates = point.get(1..).unwrap_or_default();
@@ -264,6 +255,7 @@ fn ec_jwk(crv: &str, point: &[u8]) -> Value {
 mod tests {
     use super::*;
     use crate::jwk::PublicJwk;
+    use crate::session::ath;
 
     #[test]
     fn rfc9449_ath_example() {

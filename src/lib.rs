@@ -2,21 +2,22 @@
 //! with a confirmation bound to one session, one device key, one exact action, one short window,
 //! and one use (DPoP, RFC 9449, with a gateway nonce).
 
-pub mod admission;
+mod admission;
 pub mod alg;
 pub mod audit;
 mod body;
 pub mod browser;
 pub mod client;
+mod clock;
 pub mod conditions;
 pub mod config;
 pub mod confirm;
 mod continuation;
 mod decision;
 pub mod demo;
-pub mod forward;
-pub mod forwarding;
-pub mod gateway;
+mod forward;
+mod forwarding;
+mod gateway;
 pub mod htu;
 pub mod jwk;
 pub mod keys;
@@ -28,13 +29,13 @@ pub mod proof;
 pub mod provenance;
 pub mod reason;
 mod refusal;
-pub mod reload;
-pub mod reply;
+mod reload;
+mod reply;
 pub mod revocation;
 pub mod routes;
 pub mod server;
 pub mod session;
 pub mod store;
-pub mod target;
+mod target;
 pub mod unprotected;
 mod upstreams;

@@ -254,7 +254,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::keys::{self, DeviceKey};
+    use crate::keys::DeviceKey;
 
     const URL: &str = "https://admin.example.com/api/users/7";
     const NOW: i64 = 1_700_000_000;
@@ -271,7 +271,7 @@ mod tests {
     }
 
     fn claims() -> Value {
-        json!({"jti": "j-1", "htm": "DELETE", "htu": URL, "iat": NOW, "nonce": "n-1", "ath": keys::ath("token")})
+        json!({"jti": "j-1", "htm": "DELETE", "htu": URL, "iat": NOW, "nonce": "n-1", "ath": crate::session::ath("token")})
     }
 
     fn header(key: &DeviceKey) -> Value {
@@ -295,8 +295,8 @@ mod tests {
         assert_eq!(verified.jti, "j-1");
         assert_eq!(verified.iat, NOW);
         assert_eq!(verified.nonce.as_deref(), Some("n-1"));
-        assert!(verified.ath_matches(&keys::ath("token")));
-        assert!(!verified.ath_matches(&keys::ath("other")));
+        assert!(verified.ath_matches(&crate::session::ath("token")));
+        assert!(!verified.ath_matches(&crate::session::ath("other")));
         assert!(!verified.ath_matches(""));
     }
 

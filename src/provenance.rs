@@ -4,7 +4,6 @@
 //! public half is served as a JWKS.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
@@ -146,9 +145,7 @@ impl Signer {
 
     /// Signs the claims, issued now and valid for a minute.
     pub fn token(&self, claims: &Claims<'_>) -> String {
-        let iat = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let iat = crate::clock::now_secs();
         let timed = Timed {
             iat,
             exp: iat + TOKEN_LIFETIME_SECS,

@@ -3,8 +3,6 @@
 //! (`invalid_token`, reason `session_revoked`) on its next high-impact request on any replica; a
 //! revoked subject's sessions that started before the revocation are, and new sign-ins are not.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::config::{Config, StoreConfig};
 use crate::confirm;
 use crate::store::{RedisStore, ReplayStore};
@@ -59,9 +57,7 @@ pub fn revoke(config: &Config, what: &Revocation) -> Result<String, RevokeError>
         ));
     };
     let store = RedisStore::new(url, *timeout).map_err(|e| RevokeError::Store(e.to_string()))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::now_secs();
     let ttl = config.session.binding_ttl;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -92,7 +92,7 @@ fn keygen_and_proof_make_a_proof_for_the_printed_thumbprint() {
         countersign::proof::verify(&[proof.as_bytes()], &check).expect("the proof verifies");
     assert_eq!(verified.jkt, jkt);
     assert_eq!(verified.nonce.as_deref(), Some("n0nce"));
-    assert_eq!(verified.ath, countersign::keys::ath("tok"));
+    assert_eq!(verified.ath, countersign::session::ath("tok"));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use countersign::keys::{self, DeviceKey};
+use countersign::keys::DeviceKey;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -110,7 +110,7 @@ fn claims(method: &str, htu: &str, nonce: Option<&str>, credential: Option<&str>
         c["nonce"] = json!(nonce);
     }
     if let Some(credential) = credential {
-        c["ath"] = json!(keys::ath(credential));
+        c["ath"] = json!(countersign::session::ath(credential));
     }
     c
 }

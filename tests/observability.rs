@@ -83,7 +83,7 @@ async fn scripted() -> (Script, Upstream) {
     assert_eq!(s.delete(&[("dpop", &other_device)]).await.status, 401); // device_mismatch
     let bad_typ = laptop.sign_jws(
         &json!({"typ": "jwt", "alg": "ES256", "jwk": laptop.public_jwk()}),
-        &json!({"jti": "j1", "htm": "DELETE", "htu": s.url, "iat": 0, "ath": countersign::keys::ath(SID)}),
+        &json!({"jti": "j1", "htm": "DELETE", "htu": s.url, "iat": 0, "ath": countersign::session::ath(SID)}),
     );
     assert_eq!(s.delete(&[("dpop", &bad_typ)]).await.status, 401); // bad_typ
     assert_eq!(send(&s.url, "DELETE", &[], Bytes::new()).await.status, 401); // no_session

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use countersign::alg::ProofAlg;
 use countersign::htu;
-use countersign::keys::{self, DeviceKey};
+use countersign::keys::DeviceKey;
 use countersign::proof::{self, ProofCheck, VerifiedProof, MAX_JTI_LEN};
 use countersign::reason::Reason;
 use proptest::prelude::*;
@@ -50,7 +50,7 @@ fn header(key: &DeviceKey) -> Value {
 }
 
 fn claims() -> Value {
-    json!({"jti": "0b2b6a6e-41c8", "htm": "DELETE", "htu": URL, "iat": NOW, "nonce": "n-1", "ath": keys::ath(CREDENTIAL)})
+    json!({"jti": "0b2b6a6e-41c8", "htm": "DELETE", "htu": URL, "iat": NOW, "nonce": "n-1", "ath": countersign::session::ath(CREDENTIAL)})
 }
 
 fn verify_with(proof: &str, algs: &[ProofAlg]) -> Result<VerifiedProof, Reason> {
@@ -93,7 +93,7 @@ fn every_algorithm_verifies_with_its_jkt() {
         .unwrap_or_else(|reason| panic!("{alg:?}: {reason:?}"));
         assert_eq!(verified.jkt, key.jkt(), "{alg:?}");
         assert_eq!(verified.nonce.as_deref(), Some("nonce-1"));
-        assert!(verified.ath_matches(&keys::ath(CREDENTIAL)));
+        assert!(verified.ath_matches(&countersign::session::ath(CREDENTIAL)));
         // Signed at or just after `now` (RSA key generation can cross a second boundary).
         assert!(
             (now..=now + 5).contains(&verified.iat),

@@ -16,7 +16,7 @@ pub mod page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::HeaderMap;
 use subtle::ConstantTimeEq;
@@ -138,7 +138,7 @@ impl Browser {
         mut record: Record,
     ) -> Answer {
         let id = hold::fresh_id();
-        let expires = now_ms() + self.config.hold_ttl.as_millis() as u64;
+        let expires = crate::clock::now_millis() + self.config.hold_ttl.as_millis() as u64;
         let hold = Hold::new(
             held,
             &user.id,
@@ -213,7 +213,10 @@ impl Browser {
             Err(reason) => return self.refused(reason, Record::default(), None),
         };
         let fields = page::fields(hold.header("content-type").as_deref(), &hold.body()).await;
-        let left = hold.expires_at_ms.saturating_sub(now_ms()) / 1000;
+        let left = hold
+            .expires_at_ms
+            .saturating_sub(crate::clock::now_millis())
+            / 1000;
         self.page_answer(200, page::confirm(id, &hold, &fields, left), None)
     }
 
@@ -223,7 +226,10 @@ impl Browser {
             Ok(None) => return self.json_next(&self.refusal_url(Reason::NonceExpired)),
             Err(reason) => return self.refused_json(reason, Record::default()),
         };
-        let remaining = Duration::from_millis(hold.expires_at_ms.saturating_sub(now_ms()));
+        let remaining = Duration::from_millis(
+            hold.expires_at_ms
+                .saturating_sub(crate::clock::now_millis()),
+        );
         match self.ceremonies.begin(id, &hold, remaining).await {
             Ok(options) => self.json_answer(options),
             Err(reason) => {
@@ -591,12 +597,6 @@ fn refusal_named(name: &str) -> Reason {
     .into_iter()
     .find(|r| r.as_str() == name)
     .unwrap_or(Reason::NonceExpired)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ mod facts;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
@@ -181,7 +181,7 @@ impl Guard {
     /// Step-up, then network change, then Cedar; the first refusal wins. On success, the
     /// policies that allowed the request (empty without a policy).
     pub fn decide(&self, facts: &Facts<'_>) -> Result<Vec<String>, Denial> {
-        let now = unix(facts.now);
+        let now = crate::clock::unix_secs(facts.now) as i64;
         let claims = facts.session.claims.as_deref();
         if let Some(step_up) = &facts.route.require {
             if let Some(challenge) = unmet(step_up, claims, now) {
@@ -269,9 +269,4 @@ fn unmet(step_up: &StepUp, claims: Option<&Map<String, Value>>, now: i64) -> Opt
         params.push(format!("max_age={}", max.as_secs()));
     }
     Some(params.join(", "))
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
