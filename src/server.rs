@@ -388,16 +388,26 @@ fn private_dir(sock: &Path) -> Result<(), FileError> {
     Ok(())
 }
 
-/// Binds `address` once and lets it go, so a busy or foreign address stops the start at once.
+/// Binds `address` once, without listening, and lets it go, so a busy or foreign address stops
+/// the start at once and no client can connect to a socket that is about to close.
 fn check_listen(file: &str, field: &'static str, address: &str) -> Result<(), BuildError> {
-    std::net::TcpListener::bind(address)
-        .map(drop)
-        .map_err(|source| BuildError::Listen {
-            file: file.to_string(),
-            field,
-            address: address.to_string(),
-            source,
-        })
+    use socket2::{Domain, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let bound = address.to_socket_addrs().and_then(|mut addrs| {
+        let addr = addrs
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // As the listener will: a socket of a previous run in TIME_WAIT does not count as busy.
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())
+    });
+    bound.map_err(|source| BuildError::Listen {
+        file: file.to_string(),
+        field,
+        address: address.to_string(),
+        source,
+    })
 }
 
 /// A CA bundle must hold at least one PEM certificate: Pingora's TLS connector panics on one

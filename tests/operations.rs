@@ -299,6 +299,8 @@ async fn readyz_is_503_while_the_audit_log_cannot_be_written() {
         ),
     );
     let _gateway = Gateway::start(&path, port).await;
+    // The operations listener opens once the gateway port is bound.
+    wait_listening(metrics).await;
     let ready = format!("http://127.0.0.1:{metrics}/readyz");
     assert_eq!(send(&ready, "GET", &[], Bytes::new()).await.status, 200);
     let reply = send(
