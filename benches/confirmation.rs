@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use countersign::alg::ProofAlg;
 use countersign::confirm::{Confirmer, Exchange, Outcome};
-use countersign::keys::DeviceKey;
 use countersign::metrics::Metrics;
 use countersign::nonce::{self, Action};
 use countersign::session::Sessions;
 use countersign::store::{MemoryStore, NonceRecord, ReplayStore, Take};
+use countersign::tools::device_key::DeviceKey;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::HeaderMap;
 

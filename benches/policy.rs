@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use countersign::alg::ProofAlg;
-use countersign::keys::DeviceKey;
 use countersign::policy::{Engine, Facts, Guard, Origin, RiskConfig};
 use countersign::proof::{self, ProofCheck};
 use countersign::routes::{PathTemplate, Risk, Route};
 use countersign::session::Session;
+use countersign::tools::device_key::DeviceKey;
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 

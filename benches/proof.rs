@@ -11,8 +11,8 @@ use aws_lc_rs::signature::{
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use countersign::alg::ProofAlg;
-use countersign::keys::DeviceKey;
 use countersign::proof::{self, ProofCheck};
+use countersign::tools::device_key::DeviceKey;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const URL: &str = "https://admin.example.com/api/users/7";

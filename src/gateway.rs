@@ -2,13 +2,13 @@
 //! (docs/protocol.md). Admission (one reading of the target) → the browser confirmation steps →
 //! routing (with the body when a route depends on it) → a low-risk request streams
 //! ([`stream`]); a high-impact one is decided before a byte goes upstream ([`high_impact`]:
-//! session → body → confirmation or a browser hold → policy → audit) and then relayed
-//! ([`relay`]). Each step is one call into the module that knows it.
+//! session → body → confirmation or a browser hold → policy → audit) and then forwarded through
+//! the gateway's own relay ([`forward`]). Each step is one call into the module that knows it.
 
 mod browser_step;
 mod context;
+mod forward;
 mod high_impact;
-mod relay;
 mod respond;
 mod routing;
 mod stream;
@@ -30,7 +30,6 @@ use crate::browser::{Browser, CeremonyError};
 use crate::config::Config;
 use crate::confirm::Confirmer;
 use crate::decision::Decision;
-use crate::forward::Forwarder;
 use crate::forwarding::{ClientView, Peer};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -38,6 +37,7 @@ use crate::policy;
 use crate::provenance::Signer;
 use crate::reason::Reason;
 use crate::refusal::Answers;
+use crate::relay::Relay;
 use crate::reply::{self, Reply};
 use crate::routes::Risk;
 use crate::upstreams::{ResolveError, Upstreams};
@@ -50,7 +50,7 @@ pub struct Gateway {
     ledger: Ledger,
     answers: Answers,
     signer: Arc<Signer>,
-    forwarder: Forwarder,
+    relay: Relay,
     guard: policy::Guard,
     browser: Option<Browser>,
 }
@@ -70,7 +70,7 @@ impl Gateway {
     /// Assembles a gateway from validated parts.
     pub fn new(
         config: Arc<Config>,
-        forwarder: Forwarder,
+        relay: Relay,
         confirmer: Confirmer,
         audit: crate::audit::AuditLog,
         metrics: Arc<Metrics>,
@@ -102,7 +102,7 @@ impl Gateway {
             upstreams,
             confirmer,
             signer,
-            forwarder,
+            relay,
         })
     }
 

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use countersign::alg::ProofAlg;
 use countersign::config::{self, LogConfig};
-use countersign::keys::DeviceKey;
-use countersign::{audit, demo, revocation, server};
+use countersign::tools::demo;
+use countersign::tools::device_key::DeviceKey;
+use countersign::{audit, revocation, server};
 
 // glibc malloc was ~12% of passthrough CPU samples; mimalloc's thread-local free lists are
 // cheaper for pingora's many small per-request allocations (see BENCHMARKS.md).
@@ -89,7 +90,7 @@ enum Command {
     },
     /// Send one request through the gateway, confirming it with the device key when asked
     /// (curl-like: -X, -H, --data, -i, -o, -L).
-    Request(countersign::client::RequestArgs),
+    Request(countersign::tools::request::RequestArgs),
     /// Sign a DPoP proof for one request, to use with curl.
     Proof {
         /// The device key written by `keygen`.
@@ -215,15 +216,15 @@ enum CliError {
     #[error(transparent)]
     Demo(#[from] demo::DemoError),
     #[error(transparent)]
-    BrowserDemo(#[from] countersign::browser::demo::DemoError),
+    BrowserDemo(#[from] countersign::tools::browser_demo::DemoError),
     #[error(transparent)]
-    Request(#[from] countersign::client::RequestError),
+    Request(#[from] countersign::tools::request::RequestError),
     #[error(transparent)]
-    Method(#[from] countersign::client::MethodError),
+    Method(#[from] countersign::tools::request::MethodError),
     #[error(transparent)]
     Revoke(#[from] revocation::RevokeError),
     #[error(transparent)]
-    Key(#[from] countersign::keys::KeyError),
+    Key(#[from] countersign::tools::device_key::KeyError),
     #[error(transparent)]
     Audit(#[from] audit::VerifyError),
     /// A file that cannot be read or written.
@@ -367,7 +368,7 @@ fn run(command: Command) -> Result<(), CliError> {
             print_out(&out);
             Ok(())
         }
-        Command::Demo { browser: true, .. } => Ok(countersign::browser::demo::run()?),
+        Command::Demo { browser: true, .. } => Ok(countersign::tools::browser_demo::run()?),
         Command::Demo { serve: false, .. } => Ok(demo::run()?),
         Command::Demo {
             serve: true,
@@ -451,7 +452,7 @@ fn run(command: Command) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Request(args) => Ok(countersign::client::run(args)?),
+        Command::Request(args) => Ok(countersign::tools::request::run(args)?),
         Command::Proof {
             key,
             method,
@@ -459,7 +460,7 @@ fn run(command: Command) -> Result<(), CliError> {
             nonce,
             token,
         } => {
-            countersign::client::checked_method(&method)?;
+            countersign::tools::request::checked_method(&method)?;
             let absolute = url.parse::<http::Uri>().ok().filter(|u| {
                 matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
             });

@@ -254,7 +254,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::keys::DeviceKey;
+    use crate::tools::device_key::DeviceKey;
 
     const URL: &str = "https://admin.example.com/api/users/7";
     const NOW: i64 = 1_700_000_000;

@@ -70,7 +70,7 @@ impl Reply {
 /// answered. Upstream timeouts are 504, other upstream failures 502.
 pub fn failure_status(e: &Error) -> u16 {
     match e.esource() {
-        ErrorSource::Upstream => crate::forward::status_for(e),
+        ErrorSource::Upstream => crate::relay::status_for(e),
         ErrorSource::Downstream => match e.etype() {
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
             _ => 400,

@@ -24,10 +24,10 @@ use tokio::sync::{broadcast, Notify};
 use crate::audit::AuditLog;
 use crate::config::{Config, StoreConfig};
 use crate::confirm::Confirmer;
-use crate::forward::Forwarder;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::provenance::Signer;
+use crate::relay::Relay;
 use crate::reload::Reloadable;
 use crate::routes::Risk;
 use crate::session::Sessions;
@@ -169,7 +169,7 @@ impl Parts {
         );
         let gateway = Gateway::new(
             config.clone(),
-            Forwarder::new(self.connector.clone()),
+            Relay::new(self.connector.clone()),
             confirmer,
             self.audit.clone(),
             self.metrics.clone(),

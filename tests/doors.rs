@@ -7,7 +7,7 @@
 mod support;
 
 use countersign::alg::ProofAlg;
-use countersign::keys::DeviceKey;
+use countersign::tools::device_key::DeviceKey;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;

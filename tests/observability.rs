@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use countersign::alg::ProofAlg;
-use countersign::keys::DeviceKey;
+use countersign::tools::device_key::DeviceKey;
 use serde_json::{json, Value};
 use support::{assert_metric, free_port, send, Gateway, Reply, Upstream};
 

@@ -325,7 +325,11 @@ async fn readyz_is_503_while_the_audit_log_cannot_be_written() {
 }
 
 /// One confirmed DELETE: challenge, sign, send. Returns the final status.
-async fn confirmed_delete(base: &str, sid: &str, key: &countersign::keys::DeviceKey) -> u16 {
+async fn confirmed_delete(
+    base: &str,
+    sid: &str,
+    key: &countersign::tools::device_key::DeviceKey,
+) -> u16 {
     let url = format!("{base}/api/users/7");
     let challenge = send(&url, "DELETE", &[("x-s", sid)], Bytes::new()).await;
     assert_eq!(challenge.status, 401);
@@ -360,7 +364,8 @@ async fn a_normal_run_of_mixed_traffic_logs_no_error_and_no_debug_formatting() {
     let gateway = Gateway::start(&path, port).await;
     let base = format!("http://127.0.0.1:{port}");
     let key =
-        countersign::keys::DeviceKey::generate(countersign::alg::ProofAlg::Es256).expect("key");
+        countersign::tools::device_key::DeviceKey::generate(countersign::alg::ProofAlg::Es256)
+            .expect("key");
     // Concurrent passthrough on pooled upstream connections.
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -963,7 +968,8 @@ routes:
 "#;
     let gw = support::Gateway::start_at(config, addr).await;
     let key =
-        countersign::keys::DeviceKey::generate(countersign::alg::ProofAlg::Es256).expect("key");
+        countersign::tools::device_key::DeviceKey::generate(countersign::alg::ProofAlg::Es256)
+            .expect("key");
     let url = format!("{}/api/users/7", gw.base);
     let mut took = Vec::new();
     for _ in 0..15 {

@@ -17,10 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use countersign::alg::ProofAlg;
-use countersign::keys::DeviceKey;
 use countersign::policy::{Engine, Facts, Guard, Origin, RiskConfig};
 use countersign::routes::{PathTemplate, Risk, Route};
 use countersign::session::Session;
+use countersign::tools::device_key::DeviceKey;
 use redis_support::RedisServer;
 use serde_json::{json, Value};
 use support::world::{assert_refused, Refused};

@@ -9,9 +9,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use countersign::alg::ProofAlg;
 use countersign::htu;
-use countersign::keys::DeviceKey;
 use countersign::proof::{self, ProofCheck, VerifiedProof, MAX_JTI_LEN};
 use countersign::reason::Reason;
+use countersign::tools::device_key::DeviceKey;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

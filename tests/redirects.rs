@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use countersign::keys::DeviceKey;
+use countersign::tools::device_key::DeviceKey;
 use hyper::Response;
 use serde_json::Value;
 use sha2::{Digest, Sha256};

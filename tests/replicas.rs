@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use countersign::alg::ProofAlg;
-use countersign::keys::DeviceKey;
+use countersign::tools::device_key::DeviceKey;
 use redis_support::RedisServer;
 use support::{one_winner, race, send, Gateway, Reply, Upstream};
 

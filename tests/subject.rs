@@ -6,7 +6,7 @@ mod support;
 
 use bytes::Bytes;
 use countersign::alg::ProofAlg;
-use countersign::keys::DeviceKey;
+use countersign::tools::device_key::DeviceKey;
 use serde_json::json;
 use support::{send, Gateway, Upstream};
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use countersign::alg::ProofAlg;
-use countersign::keys::DeviceKey;
+use countersign::tools::device_key::DeviceKey;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;

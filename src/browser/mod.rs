@@ -10,7 +10,6 @@
 //! Pingora: every step returns an [`Answer`] (and its audit record) for the gateway to write.
 
 mod ceremony;
-pub mod demo;
 pub mod hold;
 pub mod page;
 

@@ -8,7 +8,7 @@ use pingora::proxy::Session;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::relay::Confirmed;
+use super::forward::Confirmed;
 use super::{Gateway, RequestCtx};
 use crate::body::{read_body, BodyRead};
 use crate::browser::{self, Browser};

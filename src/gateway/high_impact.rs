@@ -10,7 +10,7 @@ use bytes::Bytes;
 use pingora::proxy::Session;
 use sha2::{Digest, Sha256};
 
-use super::relay::Confirmed;
+use super::forward::Confirmed;
 use super::{Gateway, RequestCtx};
 use crate::audit::Record;
 use crate::body::{read_body, BodyRead};

@@ -94,9 +94,9 @@ impl Gateway {
 }
 
 /// Acknowledges what the upstream sent so far at once while a streamed response arrives
-/// ([`crate::forward::quick_ack`]).
+/// ([`crate::relay::quick_ack`]).
 pub(super) fn ack(ctx: &RequestCtx, end_of_stream: bool) {
     if let (Some(fd), false) = (ctx.upstream_fd, end_of_stream) {
-        crate::forward::quick_ack(fd);
+        crate::relay::quick_ack(fd);
     }
 }

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use countersign::alg::ProofAlg;
-use countersign::keys::DeviceKey;
+use countersign::tools::device_key::DeviceKey;
 use serde_json::Value;
 
 use super::lenient::RawReply;

@@ -1,4 +1,4 @@
-//! Forwarding a confirmed high-impact request. Its body was read and bound before anything left
+//! The buffered relay: how a request the gateway read whole is forwarded. Its body was read and bound before anything left
 //! the gateway, so it cannot take Pingora's streaming path (whose pre-read body replay is capped at
 //! 64 KiB): it goes through Pingora's own connector and connection pool, and the response is
 //! relayed here. A refused request therefore never reaches the upstream, not even its head.
@@ -14,7 +14,7 @@ use pingora::{Error, ErrorType};
 
 /// Why forwarding failed, and what the client is told.
 #[derive(Debug)]
-pub enum ForwardError {
+pub enum RelayError {
     /// Nothing was sent to the client yet: answer with this status (502 or 504).
     Upstream(u16, Box<Error>),
     /// The response was already under way; the connection can only be dropped.
@@ -22,14 +22,14 @@ pub enum ForwardError {
 }
 
 /// Sends buffered requests through a shared connection pool.
-pub struct Forwarder {
+pub struct Relay {
     connector: Connector,
 }
 
-impl Forwarder {
+impl Relay {
     /// A forwarder with its own pool, built like Pingora's proxy connector.
-    pub fn new(options: ConnectorOptions) -> Forwarder {
-        Forwarder {
+    pub fn new(options: ConnectorOptions) -> Relay {
+        Relay {
             connector: Connector::new(Some(options)),
         }
     }
@@ -38,22 +38,22 @@ impl Forwarder {
 /// An upstream response whose head has arrived and whose body is still to be relayed.
 pub struct Pending {
     /// The response head, hop-by-hop headers removed and framing set for the client; rewrite
-    /// it before [`Forwarder::relay`].
+    /// it before [`Relay::relay`].
     pub head: ResponseHeader,
     upstream: HttpSession,
     bodyless: bool,
 }
 
-impl Forwarder {
+impl Relay {
     /// Sends `req` with `body` to `peer` and waits for the final response head.
     pub async fn send(
         &self,
         peer: &HttpPeer,
         mut req: RequestHeader,
         body: Bytes,
-    ) -> Result<Pending, ForwardError> {
+    ) -> Result<Pending, RelayError> {
         req.insert_header(http::header::CONTENT_LENGTH, body.len())
-            .map_err(|e| ForwardError::Upstream(502, e))?;
+            .map_err(|e| RelayError::Upstream(502, e))?;
         let mut attempt = 0;
         let upstream = loop {
             attempt += 1;
@@ -61,22 +61,22 @@ impl Forwarder {
                 .connector
                 .get_http_session(peer)
                 .await
-                .map_err(|e| ForwardError::Upstream(status_for(&e), e))?;
+                .map_err(|e| RelayError::Upstream(status_for(&e), e))?;
             match exchange(&mut upstream, &req, &body).await {
                 Ok(()) => break upstream,
                 // A pooled connection the upstream closed while idle: retry once on a fresh one.
                 Err(_) if reused && attempt == 1 => continue,
-                Err(e) => return Err(ForwardError::Upstream(status_for(&e), e)),
+                Err(e) => return Err(RelayError::Upstream(status_for(&e), e)),
             }
         };
         let mut head = upstream
             .response_header()
             .cloned()
-            .ok_or_else(|| ForwardError::Upstream(502, Error::new(ErrorType::InvalidHTTPHeader)))?;
+            .ok_or_else(|| RelayError::Upstream(502, Error::new(ErrorType::InvalidHTTPHeader)))?;
         let status = head.status.as_u16();
         if status == 101 {
             // Nothing sent upstream asked to switch protocols: no tunnel opens on this path.
-            return Err(ForwardError::Upstream(
+            return Err(RelayError::Upstream(
                 502,
                 Error::explain(
                     ErrorType::InvalidHTTPHeader,
@@ -91,7 +91,7 @@ impl Forwarder {
         if !bodyless && !head.headers.contains_key(http::header::CONTENT_LENGTH) {
             // Chunked or close-delimited upstream: re-frame as chunked for the client.
             head.insert_header(http::header::TRANSFER_ENCODING, "chunked")
-                .map_err(|e| ForwardError::Upstream(502, e))?;
+                .map_err(|e| RelayError::Upstream(502, e))?;
         }
         Ok(Pending {
             head,
@@ -107,7 +107,7 @@ impl Forwarder {
         downstream: &mut Session,
         peer: &HttpPeer,
         pending: Pending,
-    ) -> Result<(), ForwardError> {
+    ) -> Result<(), RelayError> {
         let Pending {
             head,
             mut upstream,
@@ -116,23 +116,23 @@ impl Forwarder {
         downstream
             .write_response_header(Box::new(head), bodyless)
             .await
-            .map_err(ForwardError::Relay)?;
+            .map_err(RelayError::Relay)?;
         if !bodyless {
             while let Some(chunk) = upstream
                 .read_response_body()
                 .await
-                .map_err(ForwardError::Relay)?
+                .map_err(RelayError::Relay)?
             {
                 ack_now(&upstream);
                 downstream
                     .write_response_body(Some(chunk), false)
                     .await
-                    .map_err(ForwardError::Relay)?;
+                    .map_err(RelayError::Relay)?;
             }
             downstream
                 .write_response_body(None, true)
                 .await
-                .map_err(ForwardError::Relay)?;
+                .map_err(RelayError::Relay)?;
         }
         if upstream.response_done() {
             let idle = peer.options.idle_timeout;

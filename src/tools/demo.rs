@@ -16,8 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::alg::ProofAlg;
-use crate::keys::DeviceKey;
 use crate::server;
+use crate::tools::device_key::DeviceKey;
 
 /// Why the demo could not show what it set out to.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ pub enum DemoError {
     Start(#[from] server::BuildError),
     /// A device key could not be made.
     #[error("{0}")]
-    Key(#[from] crate::keys::KeyError),
+    Key(#[from] crate::tools::device_key::KeyError),
     /// A demo request could not be made or read.
     #[error("demo request to {url}: {source}")]
     Http {

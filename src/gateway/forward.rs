@@ -15,11 +15,11 @@ use crate::body::BodyRead;
 use crate::confirm::Confirmation;
 use crate::continuation::{self, Answered};
 use crate::decision::Decision;
-use crate::forward::{ForwardError, Pending};
 use crate::forwarding::{self, Framing};
 use crate::nonce::Action;
 use crate::provenance;
 use crate::reason::Reason;
+use crate::relay::{Pending, RelayError};
 use crate::reply::{self, Reply};
 use crate::routes::{Risk, Route};
 use crate::session::Session as UserSession;
@@ -159,10 +159,7 @@ impl Gateway {
             upstream_req.insert_header(http::header::CONNECTION, "close")?;
         }
         let started = Instant::now();
-        let sent = self
-            .forwarder
-            .send(&upstream.peer, upstream_req, body)
-            .await;
+        let sent = self.relay.send(&upstream.peer, upstream_req, body).await;
         let (status, outcome) = match sent {
             Ok(mut pending) => {
                 let status = pending.head.status.as_u16();
@@ -176,15 +173,15 @@ impl Gateway {
                             .insert_header("countersign-request-id", ctx.request_id.as_str());
                     }
                 }
-                let relayed = self.forwarder.relay(session, &upstream.peer, pending).await;
+                let relayed = self.relay.relay(session, &upstream.peer, pending).await;
                 (
                     Some(status),
                     relayed.map_err(|e| match e {
-                        ForwardError::Relay(e) | ForwardError::Upstream(_, e) => e,
+                        RelayError::Relay(e) | RelayError::Upstream(_, e) => e,
                     }),
                 )
             }
-            Err(ForwardError::Upstream(status, e)) => {
+            Err(RelayError::Upstream(status, e)) => {
                 tracing::warn!(error = %e, route = %route.name, "upstream failed");
                 let mut reply = Reply::failure(status);
                 if let Some(c) = confirmed {
@@ -193,7 +190,7 @@ impl Gateway {
                 }
                 (None, reply::write(session, reply, &ctx.request_id).await)
             }
-            Err(ForwardError::Relay(e)) => (None, Err(e)),
+            Err(RelayError::Relay(e)) => (None, Err(e)),
         };
         // Streamed low-risk requests are counted in `logging`; these never pass there.
         self.ledger.upstream_answer(&route.name, status);

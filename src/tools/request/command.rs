@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method};
 
 use super::{add_header, exchange, parse_url, ClientError, Credential, Request, Response};
-use crate::keys::{DeviceKey, KeyError};
+use crate::tools::device_key::{DeviceKey, KeyError};
 
 /// Arguments of `countersign request`, named after curl's.
 #[derive(Debug, clap::Args)]

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::keys::DeviceKey;
+use crate::tools::device_key::DeviceKey;
 
 mod command;
 pub use command::{checked_method, run, MethodError, RequestArgs, RequestError};
