@@ -25,6 +25,7 @@ use crate::browser::{self, Browser};
 use crate::conditions::{self, Body, BodyKind, Fields};
 use crate::config::{Config, UpstreamScheme};
 use crate::confirm::{Challenge, Confirmation, Confirmer, Exchange, Outcome};
+use crate::devices;
 use crate::forward::{ForwardError, Forwarder, Pending};
 use crate::forwarding::{self, ClientView, Framing, Peer};
 use crate::htu;
@@ -617,6 +618,7 @@ impl Gateway {
         record.event = Some(Event::Accepted);
         record.confirmation_id = Some(confirmation.id.to_string());
         record.device = Some(confirmation.jkt.clone());
+        record.enrolment = record.enrolment.take().or(confirmation.enrolment.clone());
         if !self.write_audit(&record) {
             return self
                 .refuse(session, ctx, record, Reason::AuditUnavailable, None)
@@ -755,6 +757,7 @@ impl Gateway {
             jkt: resumed.device.clone(),
             chain: None,
             origin: None,
+            enrolment: None,
         };
         let mut record = resumed.record;
         record.request_id = Some(ctx.request_id.clone());
@@ -1262,6 +1265,20 @@ impl ProxyHttp for Gateway {
             .instrument(ctx.span.clone())
             .await?
         {
+            return Ok(true);
+        }
+        if target.path() == devices::enroll::ENROLL_PATH {
+            let view = Self::view(ctx);
+            let request = devices::enroll::Request {
+                request_id: &ctx.request_id,
+                target: &ctx.target,
+                external: view.external_uri(self.config.public_origin.as_ref(), target.path()),
+                client_ip: ctx.peer.ip,
+                trusted_peer: ctx.peer.trusted,
+            };
+            devices::enroll::serve(session, &self.confirmer, &self.audit, request)
+                .instrument(ctx.span.clone())
+                .await?;
             return Ok(true);
         }
 

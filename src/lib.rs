@@ -12,6 +12,7 @@ pub mod conditions;
 pub mod config;
 pub mod confirm;
 pub mod demo;
+pub mod devices;
 pub mod forward;
 pub mod forwarding;
 pub mod gateway;

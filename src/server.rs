@@ -107,7 +107,8 @@ impl Parts {
             config.confirmation.clone(),
             config.session.binding_ttl,
             self.metrics.clone(),
-        );
+        )
+        .with_devices(config.session.binding, config.session.max_devices);
         let gateway = Gateway::new(
             config.clone(),
             Forwarder::new(self.connector.clone()),
