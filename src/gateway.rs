@@ -174,7 +174,7 @@ impl Gateway {
                     b.clone(),
                     public.clone(),
                     confirmer.store().clone(),
-                    config.session.binding_ttl,
+                    &config.session,
                 )
                 .map_err(|e| e.to_string())?,
             ),
