@@ -527,12 +527,22 @@ async fn the_cli_adds_lists_and_removes_against_redis() {
 }
 
 #[test]
+fn enrolled_devices_need_the_shared_store() {
+    let yaml = "listen: \"127.0.0.1:1\"\nupstreams: { a: { address: \"127.0.0.1:9\" } }\nsession: { kind: cookie, cookie: sid, binding: enrolled }\nroutes:\n  - name: r\n    match: { path: \"/{*rest}\" }\n    upstream: a\n    risk: low\n";
+    let err = countersign::config::parse(yaml, Path::new("memory.yaml"))
+        .expect_err("enrolled with the memory store is refused");
+    let err = err.to_string();
+    assert!(err.contains("session.binding"), "{err}");
+    assert!(err.contains("store.kind: redis"), "{err}");
+}
+
+#[test]
 fn the_cli_refuses_the_memory_store_clearly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("memory.yaml");
     std::fs::write(
         &path,
-        "listen: \"127.0.0.1:1\"\nupstreams: { a: { address: \"127.0.0.1:9\" } }\nsession: { kind: cookie, cookie: sid, binding: enrolled }\nroutes:\n  - name: r\n    match: { path: \"/{*rest}\" }\n    upstream: a\n    risk: low\n",
+        "listen: \"127.0.0.1:1\"\nupstreams: { a: { address: \"127.0.0.1:9\" } }\nsession: { kind: cookie, cookie: sid }\nroutes:\n  - name: r\n    match: { path: \"/{*rest}\" }\n    upstream: a\n    risk: low\n",
     )
     .expect("write config");
     for args in [
@@ -555,4 +565,73 @@ fn the_cli_refuses_the_memory_store_clearly() {
             "no code for an invite nobody can redeem"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_use_binding_lasts_as_long_as_the_token_it_binds() {
+    const SECRET_ENV: &str = "COUNTERSIGN_DEVICES_TEST_HS256";
+    const SECRET: &str = "devices-test-secret-0123456789abcdef-0123";
+    // Edition 2021 treats `set_var` as safe; the variable is this test's alone.
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::env::set_var(SECRET_ENV, SECRET);
+    }
+    let upstream = Upstream::start().await;
+    // binding_ttl is far shorter than the token: the token decides.
+    let gw = Gateway::start(
+        &format!(
+            r#"
+public_origin: "{ORIGIN}"
+session: {{ kind: bearer_jwt, hs256_secret_env: {SECRET_ENV}, binding_ttl: 200ms }}
+upstreams: {{ legacy: {{ address: "{{upstream}}" }} }}
+routes:
+  - name: delete-user
+    match: {{ methods: [DELETE], path: "/api/users/{{id}}" }}
+    upstream: legacy
+    risk: high
+"#
+        ),
+        &upstream,
+    )
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": "alice", "sid": "s-1", "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("HMAC key"),
+    )
+    .expect("token");
+    let url = format!("{}{TARGET}", gw.base);
+    let (first, second) = (es256(), es256());
+    let r = bearer_delete(&url, &token, &first).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(gw.audit_of(&r)["enrolment"], "first_use");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let r = bearer_delete(&url, &token, &second).await;
+    assert_refused(&r, 401, "invalid_dpop_proof", "device_mismatch");
+    let r = bearer_delete(&url, &token, &first).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+}
+
+/// The exchange for `DELETE TARGET` in a `bearer_jwt` session.
+async fn bearer_delete(url: &str, token: &str, key: &DeviceKey) -> Reply {
+    let authorization = format!("DPoP {token}");
+    let auth = [("authorization", authorization.as_str())];
+    let first = send(url, "DELETE", &auth, Bytes::new()).await;
+    let nonce = first.header("dpop-nonce").expect("nonce");
+    let proof = key.proof(
+        "DELETE",
+        &format!("{ORIGIN}{TARGET}"),
+        Some(nonce),
+        Some(token),
+    );
+    let headers = [
+        ("authorization", authorization.as_str()),
+        ("dpop", proof.as_str()),
+    ];
+    send(url, "DELETE", &headers, Bytes::new()).await
 }

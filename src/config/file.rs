@@ -1076,6 +1076,15 @@ impl FileConfig {
                 max_entries: DEFAULT_MAX_ENTRIES,
             },
         };
+        if session.binding == DeviceBinding::Enrolled && matches!(store, StoreConfig::Memory { .. })
+        {
+            // Nothing could ever enrol a first device: the commands cannot reach a process's memory.
+            return invalid(
+                "session.binding",
+                "enrolled needs the shared store (store.kind: redis): devices are enrolled with \
+                 countersign devices, which cannot reach the memory store inside a gateway process",
+            );
+        }
         if let Some(path) = self.audit.as_ref().and_then(|a| a.path.as_deref()) {
             audit_parent_is_a_directory(path)?;
         }
