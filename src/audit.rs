@@ -35,6 +35,15 @@ pub enum Event {
     Observed,
     /// A signed statement of the chain head and record count so far.
     Checkpoint,
+    /// A device was enrolled for a subject (`by` says who enrolled it).
+    #[serde(rename = "device_enrolled")]
+    DeviceEnrolled,
+    /// A device was removed from a subject's registry.
+    #[serde(rename = "device_removed")]
+    DeviceRemoved,
+    /// An operator issued an invite code for a subject (the code itself is never recorded).
+    #[serde(rename = "device_invited")]
+    DeviceInvited,
 }
 
 /// One audit record; `ts` and `prev` are added when it is written.
@@ -82,6 +91,14 @@ pub struct Record {
     /// Whether the passkey verified the user (PIN, biometrics), on a browser confirmation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_verified: Option<bool>,
+    /// On `accepted`: where the confirming device's trust came from (`first_use`, `cnf` for a
+    /// DPoP-bound token, or the registry entry's source: `operator`, `invite`, `device:<jkt>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrolment: Option<String>,
+    /// On `device_enrolled`, `device_removed` and `device_invited`: who did it (`operator`,
+    /// `invite`, `device:<jkt>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     /// The Cedar policies that determined the decision, when a policy is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policies: Option<Vec<String>>,
@@ -119,6 +136,9 @@ struct Line<'a> {
 
 struct Sink {
     file: Option<File>,
+    /// The file's length after this process's last write: when it differs, another process (a
+    /// `countersign devices` command) appended, and the chain continues from its last line.
+    end: u64,
     stdout: bool,
     prev: String,
     /// Lines in the current file (or written to stdout).
@@ -186,10 +206,15 @@ impl AuditLog {
             }
             None => (None, GENESIS.to_string(), 0),
         };
+        let end = match &file {
+            Some(f) => f.metadata().map_or(0, |m| m.len()),
+            None => 0,
+        };
         Ok(AuditLog {
             shared: Arc::new(Shared {
                 sink: Mutex::new(Sink {
                     stdout: also_stdout || file.is_none(),
+                    end,
                     file,
                     prev,
                     lines,
@@ -249,6 +274,7 @@ impl AuditLog {
         if last != GENESIS {
             sink.prev = last;
         }
+        sink.end = f.metadata().map_or(0, |m| m.len());
         sink.file = Some(f);
         sink.lines = lines;
         Ok(())
@@ -320,6 +346,38 @@ impl AuditLog {
     }
 
     fn write_line(sink: &mut Sink, record: &Record) -> io::Result<()> {
+        // Other processes append too (`countersign devices`): one at a time, each after the last
+        // line of the file as it is now, so the file holds one chain.
+        let _locked = match &sink.file {
+            Some(f) => Some(FileLock::exclusive(f)?),
+            None => None,
+        };
+        let len = Self::follow(sink)?;
+        let n = Self::write_unlocked(sink, record)?;
+        sink.end = len + n as u64;
+        Ok(())
+    }
+
+    /// The file's length; when it changed since this process's last write (another process
+    /// appended), the chain continues from its last line. Called with the file locked.
+    fn follow(sink: &mut Sink) -> io::Result<u64> {
+        let Some(f) = sink.file.as_mut() else {
+            return Ok(0);
+        };
+        let len = f.metadata()?.len();
+        if len != sink.end {
+            let last = last_line_hash(f)?;
+            sink.lines = count_lines(f)?;
+            // An emptied file (copytruncate) continues the chain it had, as after a reopen.
+            if last != GENESIS {
+                sink.prev = last;
+            }
+        }
+        Ok(len)
+    }
+
+    /// Writes one line on the current chain head; answers its length in bytes.
+    fn write_unlocked(sink: &mut Sink, record: &Record) -> io::Result<usize> {
         let line = serde_json::to_string(&Line {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             record,
@@ -338,7 +396,33 @@ impl AuditLog {
         }
         sink.prev = hex_sha256(line.as_bytes());
         sink.lines += 1;
-        Ok(())
+        Ok(bytes.len())
+    }
+}
+
+/// An exclusive advisory lock (flock(2)) on an open audit file, held until dropped; the
+/// `countersign devices` commands take it too.
+struct FileLock(std::os::fd::RawFd);
+
+impl FileLock {
+    fn exclusive(file: &File) -> io::Result<FileLock> {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: `fd` is an open descriptor owned by `file`, which outlives the lock (the sink
+        // keeps it while writing); flock only takes an integer and a flag.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FileLock(fd))
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // SAFETY: as in `exclusive`; unlocking a descriptor cannot fail in a way to act on.
+        unsafe {
+            libc::flock(self.0, libc::LOCK_UN);
+        }
     }
 }
 

@@ -12,7 +12,8 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::alg::ProofAlg;
-use crate::config::ConfirmationConfig;
+use crate::config::{ConfirmationConfig, DeviceBinding};
+use crate::devices::Registry;
 use crate::metrics::Metrics;
 use crate::nonce::{self, Action};
 use crate::policy::{self, Origin};
@@ -41,6 +42,23 @@ pub struct Confirmation {
     pub chain: Option<Chain>,
     /// Where the session's binding was made (first confirmation), when the client address is known.
     pub origin: Option<Origin>,
+    /// Where the device's trust came from: `first_use`, `cnf` (a DPoP-bound token), or the
+    /// registry entry's source (`operator`, `invite`, `device:<jkt>`); `None` when no device
+    /// check applied (an invite redemption, where the key is the one being enrolled).
+    pub enrolment: Option<String>,
+}
+
+/// Which device keys a decision accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeviceCheck {
+    /// The session's device, as `session.binding` says: its first-use key (or `cnf.jkt`), or a
+    /// key enrolled for its subject.
+    Session,
+    /// A key enrolled for the session's subject, whatever `session.binding` says (a device
+    /// enrolling another one).
+    Enrolled,
+    /// Any key, bound to nothing (an invite redemption: the key is the one being enrolled).
+    Any,
 }
 
 /// The decision for one high-impact request.
@@ -87,6 +105,8 @@ pub struct Confirmer {
     config: ConfirmationConfig,
     binding_ttl: Duration,
     metrics: Arc<Metrics>,
+    binding: DeviceBinding,
+    devices: Registry,
 }
 
 impl Confirmer {
@@ -99,12 +119,31 @@ impl Confirmer {
         metrics: Arc<Metrics>,
     ) -> Confirmer {
         Confirmer {
+            devices: Registry::new(store.clone(), usize::MAX),
+            binding: DeviceBinding::FirstUse,
             store,
             sessions,
             config,
             binding_ttl,
             metrics,
         }
+    }
+
+    /// The same confirmer with `session.binding` and its registry bound (`session.max_devices`).
+    pub fn with_devices(mut self, binding: DeviceBinding, max_devices: usize) -> Confirmer {
+        self.binding = binding;
+        self.devices = Registry::new(self.store.clone(), max_devices);
+        self
+    }
+
+    /// The registry of enrolled devices.
+    pub(crate) fn devices(&self) -> &Registry {
+        &self.devices
+    }
+
+    /// `session.binding`.
+    pub fn binding(&self) -> DeviceBinding {
+        self.binding
     }
 
     /// The store, for readiness checks.
@@ -149,6 +188,16 @@ impl Confirmer {
 
     /// Decides a high-impact request of a known session.
     pub async fn decide(&self, session: &Session, ex: &Exchange<'_>) -> Outcome {
+        self.decide_with(session, ex, DeviceCheck::Session).await
+    }
+
+    /// Decides a confirmation whose device is checked as `check` says.
+    pub(crate) async fn decide_with(
+        &self,
+        session: &Session,
+        ex: &Exchange<'_>,
+        check: DeviceCheck,
+    ) -> Outcome {
         let action = Action {
             session_id: &session.id,
             method: ex.method,
@@ -161,14 +210,18 @@ impl Confirmer {
             Ok(true) => return rejected(Reason::SessionRevoked, None, None),
             Err(refusal) => return rejected(refusal.reason(), None, None),
         }
-        match self.check(session, ex, &action).await {
+        // No enrolled device can confirm for nobody: refused before any nonce is issued.
+        if self.uses_registry(check) && session.subject.is_none() {
+            return rejected(Reason::NoSubject, None, None);
+        }
+        match self.check(session, ex, &action, check).await {
             Ok(confirmation) => Outcome::Accepted(confirmation),
-            Err(Refusal::NoProof) => match self.challenge(session, &action).await {
+            Err(Refusal::NoProof) => match self.challenge(session, &action, check).await {
                 Ok(challenge) => Outcome::Challenged(challenge),
                 Err(reason) => rejected(reason, None, None),
             },
             Err(Refusal::Reason(reason, device)) if reason.status() == 401 => {
-                match self.challenge(session, &action).await {
+                match self.challenge(session, &action, check).await {
                     Ok(challenge) => rejected(reason, device, Some(challenge)),
                     Err(store_reason) => rejected(store_reason, device, None),
                 }
@@ -177,11 +230,42 @@ impl Confirmer {
         }
     }
 
+    /// Whether `check` looks devices up in the subject's registry.
+    fn uses_registry(&self, check: DeviceCheck) -> bool {
+        match check {
+            DeviceCheck::Session => self.binding == DeviceBinding::Enrolled,
+            DeviceCheck::Enrolled => true,
+            DeviceCheck::Any => false,
+        }
+    }
+
+    /// Whether `check` binds a session's first key to it.
+    fn first_use(&self, check: DeviceCheck) -> bool {
+        check == DeviceCheck::Session && self.binding == DeviceBinding::FirstUse
+    }
+
+    /// How long a first-use binding of `session` lasts: as long as the session it binds, i.e.
+    /// until a token's `exp`, else `session.binding_ttl`.
+    fn binding_lifetime(&self, session: &Session) -> Duration {
+        let exp = session
+            .claims
+            .as_deref()
+            .and_then(|c| c.get("exp"))
+            .and_then(serde_json::Value::as_i64);
+        match exp {
+            Some(exp) => Duration::from_secs(
+                exp.saturating_sub(crate::clock::now_secs() as i64).max(1) as u64,
+            ),
+            None => self.binding_ttl,
+        }
+    }
+
     async fn check(
         &self,
         session: &Session,
         ex: &Exchange<'_>,
         action: &Action<'_>,
+        check: DeviceCheck,
     ) -> Result<Confirmation, Refusal> {
         let proofs: Vec<&[u8]> = ex
             .headers
@@ -214,13 +298,33 @@ impl Confirmer {
             return Err(fail(Reason::SessionMismatch));
         }
         let session_key = binding_key(&session.id);
-        let bound = match &session.cnf_jkt {
-            Some(jkt) => Some(jkt.clone()),
-            None => self.store_call(self.store.device(&session_key).await)?,
+        // A DPoP-bound token names its key whatever else applies (RFC 9449 §6).
+        let bound = match (&session.cnf_jkt, self.first_use(check)) {
+            (Some(jkt), _) => Some(jkt.clone()),
+            (None, true) => self.store_call(self.store.device(&session_key).await)?,
+            (None, false) => None,
         };
         if bound.as_deref().is_some_and(|b| b != proof.jkt) {
             return Err(fail(Reason::DeviceMismatch));
         }
+        let enrolment = if self.uses_registry(check) {
+            // Read from the shared store on every confirmation: a removal holds on every
+            // replica from the next request on.
+            let Some(subject) = session.subject.as_deref() else {
+                return Err(fail(Reason::NoSubject));
+            };
+            let entry = self.store_call(self.devices.entry(subject, &proof.jkt).await)?;
+            match entry {
+                Some(entry) => Some(entry.by),
+                None => return Err(fail(Reason::DeviceNotEnrolled)),
+            }
+        } else if check == DeviceCheck::Any {
+            None
+        } else if session.cnf_jkt.is_some() {
+            Some("cnf".to_string())
+        } else {
+            Some("first_use".to_string())
+        };
         let Some(presented) = proof.nonce.as_deref() else {
             return Err(fail(Reason::NonceMissing));
         };
@@ -240,10 +344,11 @@ impl Confirmer {
         if !self.store_call(self.store.claim_jti(&jti_key, jti_window).await)? {
             return Err(fail(Reason::JtiReplay));
         }
-        if bound.is_none() {
+        if bound.is_none() && self.first_use(check) {
+            let lifetime = self.binding_lifetime(session);
             let bind = self.store_call(
                 self.store
-                    .bind_device(&session_key, &proof.jkt, self.binding_ttl)
+                    .bind_device(&session_key, &proof.jkt, lifetime)
                     .await,
             )?;
             // Another device won a concurrent first use.
@@ -277,6 +382,7 @@ impl Confirmer {
             jkt: proof.jkt,
             chain,
             origin,
+            enrolment,
         })
     }
 
@@ -336,14 +442,21 @@ impl Confirmer {
             target: ex.target,
             body_sha256: ex.body_sha256,
         };
-        self.challenge(session, &action).await
+        self.challenge(session, &action, DeviceCheck::Session).await
     }
 
-    /// Issues a nonce for `action`, bound to the session's device when it has one.
-    async fn challenge(&self, session: &Session, action: &Action<'_>) -> Result<Challenge, Reason> {
+    /// Issues a nonce for `action`, bound to the session's device when it has one (its
+    /// first-use key, or `cnf.jkt`; enrolled sessions may confirm from any enrolled device).
+    async fn challenge(
+        &self,
+        session: &Session,
+        action: &Action<'_>,
+        check: DeviceCheck,
+    ) -> Result<Challenge, Reason> {
         let device = match &session.cnf_jkt {
             Some(jkt) => Some(jkt.clone()),
-            None => self
+            _ if !self.first_use(check) => None,
+            _ => self
                 .store_call(self.store.device(&binding_key(&session.id)).await)
                 .map_err(Refusal::reason)?,
         };

@@ -30,6 +30,7 @@ use crate::browser::{Browser, CeremonyError};
 use crate::config::Config;
 use crate::confirm::Confirmer;
 use crate::decision::Decision;
+use crate::devices;
 use crate::forwarding::{ClientView, Peer};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -89,7 +90,7 @@ impl Gateway {
                 b.clone(),
                 public.clone(),
                 confirmer.store().clone(),
-                config.session.binding_ttl,
+                &config.session,
             )?),
             _ => None,
         };
@@ -127,7 +128,28 @@ impl Gateway {
             return Ok(true);
         }
 
-        // 3. Routing, with the body when a route could depend on it.
+        // 3. Device enrolment, the one endpoint of the gateway's own on the app origin.
+        if target.path() == devices::enroll::ENROLL_PATH {
+            let request = devices::enroll::Request {
+                request_id: &ctx.request_id,
+                target: &ctx.target,
+                external: Self::view(ctx)
+                    .external_uri(self.config.public_origin.as_ref(), target.path()),
+                client_ip: ctx.peer.ip,
+                trusted_peer: ctx.peer.trusted,
+            };
+            devices::enroll::serve(
+                session,
+                &self.confirmer,
+                &self.ledger,
+                &self.answers,
+                request,
+            )
+            .await?;
+            return Ok(true);
+        }
+
+        // 4. Routing, with the body when a route could depend on it.
         let reading = routing::read(session, &target, &self.config).await?;
         let route = reading.route(session.req_header(), &target, &self.config.routes);
         ctx.overrides = reading.overrides();
@@ -138,7 +160,7 @@ impl Gateway {
         ctx.span.record("route", route.name.as_str());
         ctx.route = Some(route.clone());
 
-        // 4. Protocol upgrades only as WebSocket handshakes on routes made for them.
+        // 5. Protocol upgrades only as WebSocket handshakes on routes made for them.
         if !routing::upgrade_allowed(session.req_header(), &route, &target, &self.config) {
             let record = self.audit_base(session.req_header(), ctx);
             self.refuse(session, ctx, record, Reason::UpgradeRefused)
@@ -146,7 +168,7 @@ impl Gateway {
             return Ok(true);
         }
 
-        // 5. Low risk streams; high impact is decided in full before anything is forwarded.
+        // 6. Low risk streams; high impact is decided in full before anything is forwarded.
         match (route.risk, reading.body) {
             (Risk::Low, None) => {
                 self.ledger.count(&route.name, Decision::Passthrough);

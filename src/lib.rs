@@ -13,6 +13,7 @@ pub mod config;
 pub mod confirm;
 mod continuation;
 mod decision;
+pub mod devices;
 mod forwarding;
 mod gateway;
 pub mod htu;

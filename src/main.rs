@@ -75,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Enrolled devices of a subject (`session.binding: enrolled`), on the shared store.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
     /// Create a device key (PKCS#8 PEM) and print its thumbprint (jkt).
     Keygen {
         /// Where to write the private key.
@@ -125,6 +130,53 @@ enum SessionsCommand {
         /// Every session of this subject started so far.
         #[arg(long)]
         subject: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// Enrol a device key (by its thumbprint) for a subject.
+    Add {
+        /// The YAML config file (its store holds the registry).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The subject, as sessions name it (`sub`, or the subject header or claim).
+        #[arg(long)]
+        subject: String,
+        /// The key's thumbprint, as `countersign keygen` prints it.
+        #[arg(long)]
+        jkt: String,
+    },
+    /// List the devices enrolled for a subject, with who enrolled them and when.
+    List {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The subject.
+        #[arg(long)]
+        subject: String,
+    },
+    /// Remove a device from a subject; it confirms nothing from then on, on every replica.
+    Remove {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The subject.
+        #[arg(long)]
+        subject: String,
+        /// The device: a key thumbprint, or `webauthn:<credential id>` for a passkey.
+        #[arg(long)]
+        jkt: String,
+    },
+    /// Print a one-time code (valid `session.invite_ttl`, 15 min by default) that a new device
+    /// of the subject redeems to enrol itself.
+    Invite {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The subject.
+        #[arg(long)]
+        subject: String,
     },
 }
 
@@ -223,6 +275,8 @@ enum CliError {
     Method(#[from] countersign::tools::request::MethodError),
     #[error(transparent)]
     Revoke(#[from] revocation::RevokeError),
+    #[error(transparent)]
+    Devices(#[from] countersign::devices::DevicesError),
     #[error(transparent)]
     Key(#[from] countersign::tools::device_key::KeyError),
     #[error(transparent)]
@@ -423,6 +477,29 @@ fn run(command: Command) -> Result<(), CliError> {
                 }
             };
             println!("{}", revocation::revoke(&config, &what)?);
+            Ok(())
+        }
+        Command::Devices { command } => {
+            use countersign::devices::Operation;
+            let (config, operation) = match command {
+                DevicesCommand::Add {
+                    config,
+                    subject,
+                    jkt,
+                } => (config, Operation::Add { subject, jkt }),
+                DevicesCommand::List { config, subject } => (config, Operation::List { subject }),
+                DevicesCommand::Remove {
+                    config,
+                    subject,
+                    jkt,
+                } => (config, Operation::Remove { subject, jkt }),
+                DevicesCommand::Invite { config, subject } => {
+                    (config, Operation::Invite { subject })
+                }
+            };
+            let config = config::load(&config)?;
+            let out = countersign::devices::operate(&config, &operation)?;
+            print_out(&out);
             Ok(())
         }
         Command::Keygen { out, alg, force } => {

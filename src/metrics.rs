@@ -32,6 +32,8 @@ pub const REPLAYS_BLOCKED: &str = "countersign_replays_blocked_total";
 pub const AUDIT_FAILURES: &str = "countersign_audit_write_failures_total";
 /// `countersign_store_errors_total{backend}`.
 pub const STORE_ERRORS: &str = "countersign_store_errors_total";
+/// `countersign_device_enrolments_total{source}`: devices enrolled through the gateway.
+pub const DEVICE_ENROLMENTS: &str = "countersign_device_enrolments_total";
 /// `countersign_build_info{version}`.
 pub const BUILD_INFO: &str = "countersign_build_info";
 /// `countersign_config_routes{risk}`.
@@ -64,6 +66,8 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// Configured routes by risk.
     pub config_routes: IntGaugeVec,
+    /// Devices enrolled through the gateway, by source (`invite`, `device`).
+    pub device_enrolments: IntCounterVec,
 }
 
 impl Metrics {
@@ -141,6 +145,17 @@ impl Metrics {
             &["risk"],
         )
         .expect("static metric definition is valid");
+        let device_enrolments = IntCounterVec::new(
+            Opts::new(
+                DEVICE_ENROLMENTS,
+                "Devices enrolled through the gateway, by source (invite, device).",
+            ),
+            &["source"],
+        )
+        .expect("static metric definition is valid");
+        for source in ["invite", "device"] {
+            device_enrolments.with_label_values(&[source]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Build information; always 1."),
             &["version"],
@@ -162,6 +177,7 @@ impl Metrics {
             Box::new(audit_failures.clone()),
             Box::new(store_errors.clone()),
             Box::new(config_routes.clone()),
+            Box::new(device_enrolments.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -182,6 +198,7 @@ impl Metrics {
             audit_failures,
             store_errors,
             config_routes,
+            device_enrolments,
         }
     }
 

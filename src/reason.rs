@@ -48,6 +48,18 @@ pub enum Reason {
     SessionMismatch,
     /// The proof key is not the one bound to the session.
     DeviceMismatch,
+    /// `session.binding: enrolled` and the session names no subject to look devices up for.
+    NoSubject,
+    /// `session.binding: enrolled` and the key (or passkey) is not enrolled for the subject.
+    DeviceNotEnrolled,
+    /// An enrolment request whose body is not `{"code": ...}` or `{"jkt": ...}`.
+    EnrolmentMalformed,
+    /// An invite code that is unknown, expired, or for another subject.
+    InviteInvalid,
+    /// An invite code that was already redeemed.
+    InviteUsed,
+    /// The subject already has `session.max_devices` devices enrolled.
+    TooManyDevices,
     /// The proof carries no `nonce`.
     NonceMissing,
     /// The nonce is unknown or expired.
@@ -100,6 +112,12 @@ impl Reason {
             Reason::StaleProof => "stale_proof",
             Reason::SessionMismatch => "session_mismatch",
             Reason::DeviceMismatch => "device_mismatch",
+            Reason::NoSubject => "no_subject",
+            Reason::DeviceNotEnrolled => "device_not_enrolled",
+            Reason::EnrolmentMalformed => "malformed",
+            Reason::InviteInvalid => "invite_invalid",
+            Reason::InviteUsed => "replay",
+            Reason::TooManyDevices => "too_many_devices",
             Reason::NonceMissing => "nonce_missing",
             Reason::NonceExpired => "nonce_expired",
             Reason::NonceReplay | Reason::JtiReplay => "replay",
@@ -124,7 +142,12 @@ impl Reason {
             | Reason::BearerNotAllowed
             | Reason::SessionRevoked => "invalid_token",
             Reason::StepUpRequired => "insufficient_user_authentication",
-            Reason::RiskDenied | Reason::PolicyDenied => "forbidden",
+            Reason::RiskDenied
+            | Reason::PolicyDenied
+            | Reason::NoSubject
+            | Reason::InviteInvalid
+            | Reason::InviteUsed => "forbidden",
+            Reason::EnrolmentMalformed | Reason::TooManyDevices => "invalid_request",
             Reason::InvalidTarget
             | Reason::UpgradeRefused
             | Reason::BodyTooLarge
@@ -150,7 +173,13 @@ impl Reason {
             Reason::MixedSchemes | Reason::InvalidTarget | Reason::UpgradeRefused => 400,
             Reason::BodyTimeout => 408,
             Reason::StoreUnavailable | Reason::AuditUnavailable | Reason::PolicyError => 503,
-            Reason::RiskDenied | Reason::PolicyDenied => 403,
+            Reason::RiskDenied
+            | Reason::PolicyDenied
+            | Reason::NoSubject
+            | Reason::InviteInvalid
+            | Reason::InviteUsed => 403,
+            Reason::EnrolmentMalformed => 400,
+            Reason::TooManyDevices => 409,
             _ => 401,
         }
     }
@@ -200,6 +229,20 @@ impl Reason {
             Reason::StaleProof => "DPoP proof iat is outside the accepted window",
             Reason::SessionMismatch => "DPoP proof ath does not match the session credential",
             Reason::DeviceMismatch => "DPoP proof key is not the device bound to this session",
+            Reason::NoSubject => {
+                "this session names no subject, so no enrolled device can confirm for it"
+            }
+            Reason::DeviceNotEnrolled => {
+                "this device is not enrolled for the session's subject: enrol it (an invite code, or a confirmation from an enrolled device) first"
+            }
+            Reason::EnrolmentMalformed => {
+                "an enrolment body is JSON {\"code\": \"<invite code>\"} or {\"jkt\": \"<thumbprint of the new key>\"}"
+            }
+            Reason::InviteInvalid => "the invite code is unknown, expired, or for another subject",
+            Reason::InviteUsed => "the invite code was already redeemed",
+            Reason::TooManyDevices => {
+                "the subject has as many devices enrolled as session.max_devices allows: remove one first"
+            }
             Reason::NonceMissing => "confirmation required: sign the action with this nonce",
             Reason::NonceExpired => "nonce unknown or expired: sign the action with this nonce",
             Reason::NonceReplay => "nonce already used: sign the action with this nonce",
@@ -238,5 +281,9 @@ mod tests {
         assert_eq!(Reason::AthMissing.as_str(), "missing_claim");
         assert_eq!(Reason::BearerNotAllowed.as_str(), "invalid_session");
         assert_eq!(Reason::BearerNotAllowed.error_code(), "invalid_token");
+        assert_eq!(Reason::DeviceNotEnrolled.error_code(), "invalid_dpop_proof");
+        assert_eq!(Reason::DeviceNotEnrolled.status(), 401);
+        assert_eq!(Reason::NoSubject.status(), 403);
+        assert_eq!(Reason::TooManyDevices.status(), 409);
     }
 }

@@ -166,7 +166,8 @@ impl Parts {
             config.confirmation.clone(),
             config.session.binding_ttl,
             self.metrics.clone(),
-        );
+        )
+        .with_devices(config.session.binding, config.session.max_devices);
         let gateway = Gateway::new(
             config.clone(),
             Relay::new(self.connector.clone()),

@@ -178,6 +178,11 @@ impl Sessions {
         })
     }
 
+    /// Where the session credential is read from.
+    pub fn kind(&self) -> &SessionKind {
+        &self.config.kind
+    }
+
     /// Identifies the session of a request. `trusted_peer` says whether `subject_header` may be
     /// believed.
     pub fn read(&self, headers: &HeaderMap, trusted_peer: bool) -> Result<Session, SessionError> {

@@ -16,8 +16,9 @@ use webauthn_rs_core::proto::{
 };
 use webauthn_rs_core::WebauthnCore;
 
-use crate::config::{BrowserConfig, UserVerification};
+use crate::config::{BrowserConfig, DeviceBinding, UserVerification};
 use crate::confirm::binding_key;
+use crate::devices::{Registry, PASSKEY_PREFIX};
 use crate::reason::Reason;
 use crate::store::{self, Bind, Key, ReplayStore, Taken};
 
@@ -46,6 +47,8 @@ pub struct Proven {
     pub credential_id: String,
     /// Whether the authenticator verified the user.
     pub user_verified: bool,
+    /// Where the passkey's trust came from: `first_use`, or its registry entry's source.
+    pub enrolment: String,
 }
 
 /// Runs ceremonies for held actions.
@@ -54,6 +57,8 @@ pub struct Ceremonies {
     store: Arc<dyn ReplayStore>,
     binding_ttl: Duration,
     policy: UserVerificationPolicy,
+    binding: DeviceBinding,
+    devices: Registry,
 }
 
 /// Passkeys are stored under a random handle kept in the session's binding
@@ -75,6 +80,8 @@ impl Ceremonies {
         config: &BrowserConfig,
         store: Arc<dyn ReplayStore>,
         binding_ttl: Duration,
+        binding: DeviceBinding,
+        devices: Registry,
     ) -> Result<Ceremonies, CeremonyError> {
         let origin = config.origin.origin();
         let url = url::Url::parse(&origin).map_err(|_| CeremonyError(origin.clone()))?;
@@ -90,6 +97,8 @@ impl Ceremonies {
             core,
             store,
             binding_ttl,
+            binding,
+            devices,
             policy: match config.user_verification {
                 UserVerification::Required => UserVerificationPolicy::Required,
                 UserVerification::Preferred => UserVerificationPolicy::Preferred,
@@ -100,6 +109,9 @@ impl Ceremonies {
     /// Starts the ceremony of hold `id`: `get` for a session with a passkey, `create` for one with
     /// none. The options the browser gets.
     pub async fn begin(&self, id: &str, hold: &Hold, remaining: Duration) -> Result<Value, Reason> {
+        if self.binding == DeviceBinding::Enrolled {
+            return self.begin_enrolled(id, hold, remaining).await;
+        }
         let device = self
             .store
             .device(&binding_key(&hold.session_id))
@@ -152,12 +164,54 @@ impl Ceremonies {
             // Bound to a DPoP key: that device confirms, not a passkey.
             Some(_) => return Err(Reason::DeviceMismatch),
         };
-        let wire = serde_json::to_vec(&pending).map_err(|_| Reason::StoreUnavailable)?;
+        self.keep(id, &pending, remaining).await?;
+        Ok(answer)
+    }
+
+    /// `session.binding: enrolled`: `get`, offering only the passkeys enrolled for the held
+    /// session's subject; nothing new binds here.
+    async fn begin_enrolled(
+        &self,
+        id: &str,
+        hold: &Hold,
+        remaining: Duration,
+    ) -> Result<Value, Reason> {
+        let subject = hold.subject.as_deref().ok_or(Reason::NoSubject)?;
+        let enrolled = self.enrolled_passkeys(subject).await?;
+        if enrolled.is_empty() {
+            return Err(Reason::DeviceNotEnrolled);
+        }
+        let builder = self
+            .core
+            .new_challenge_authenticate_builder(enrolled, Some(self.policy))
+            .map_err(refusal)?;
+        let (mut options, state) = self
+            .core
+            .generate_challenge_authenticate(builder)
+            .map_err(refusal)?;
+        options.public_key.user_verification = UserVerificationPolicy::Preferred;
+        options.mediation = None;
+        self.keep(id, &Pending::Authenticate(state), remaining)
+            .await?;
+        Ok(json!({ "mode": "get", "options": options }))
+    }
+
+    /// The passkeys enrolled for `subject`.
+    async fn enrolled_passkeys(&self, subject: &str) -> Result<Vec<Credential>, Reason> {
+        let listed = self.devices.list(subject).await.map_err(unavailable)?;
+        Ok(listed
+            .into_iter()
+            .filter(|(device, _)| device.starts_with(PASSKEY_PREFIX))
+            .filter_map(|(_, entry)| serde_json::from_value(entry.passkey?).ok())
+            .collect())
+    }
+
+    async fn keep(&self, id: &str, pending: &Pending, remaining: Duration) -> Result<(), Reason> {
+        let wire = serde_json::to_vec(pending).map_err(|_| Reason::StoreUnavailable)?;
         self.store
             .put_record(&hold::key("ceremony", id), wire, remaining)
             .await
-            .map_err(unavailable)?;
-        Ok(answer)
+            .map_err(unavailable)
     }
 
     /// Verifies the browser's answer for hold `id`; the refusal names the credential when known.
@@ -175,6 +229,12 @@ impl Ceremonies {
             Err(e) => return Err((unavailable(e), None)),
         };
         let session = binding_key(&hold.session_id);
+        if self.binding == DeviceBinding::Enrolled {
+            let Pending::Authenticate(state) = pending else {
+                return Err((Reason::DeviceNotEnrolled, None));
+            };
+            return self.finish_enrolled(hold, state, body).await;
+        }
         match pending {
             Pending::Register(state) => {
                 let response: RegisterPublicKeyCredential =
@@ -203,6 +263,7 @@ impl Ceremonies {
                 Ok(Proven {
                     credential_id,
                     user_verified: credential.user_verified,
+                    enrolment: "first_use".to_string(),
                 })
             }
             Pending::Authenticate(mut state) => {
@@ -243,9 +304,62 @@ impl Ceremonies {
                 Ok(Proven {
                     credential_id,
                     user_verified: result.user_verified(),
+                    enrolment: "first_use".to_string(),
                 })
             }
         }
+    }
+
+    /// `session.binding: enrolled`: the assertion's passkey must be enrolled for the held
+    /// session's subject, read from the registry now (a removed passkey confirms nothing).
+    async fn finish_enrolled(
+        &self,
+        hold: &Hold,
+        mut state: AuthenticationState,
+        body: &[u8],
+    ) -> Result<Proven, (Reason, Option<String>)> {
+        let response: PublicKeyCredential =
+            serde_json::from_slice(body).map_err(|_| (Reason::Malformed, None))?;
+        let credential_id = URL_SAFE_NO_PAD.encode(response.get_credential_id());
+        let named = Some(credential_id.clone());
+        let subject = hold.subject.as_deref().ok_or((Reason::NoSubject, None))?;
+        let device = format!("{PASSKEY_PREFIX}{credential_id}");
+        let entry = self
+            .devices
+            .entry(subject, &device)
+            .await
+            .map_err(|e| (unavailable(e), named.clone()))?;
+        let Some(mut entry) = entry else {
+            return Err((Reason::DeviceNotEnrolled, named));
+        };
+        let mut credential: Credential = entry
+            .passkey
+            .clone()
+            .and_then(|p| serde_json::from_value(p).ok())
+            .ok_or((Reason::DeviceNotEnrolled, named.clone()))?;
+        state.set_allowed_credentials(vec![credential.clone()]);
+        let result = self
+            .core
+            .authenticate_credential(&response, &state)
+            .map_err(|e| (refusal(e), named.clone()))?;
+        if result.needs_update() {
+            credential.counter = result.counter();
+            entry.passkey = serde_json::to_value(&credential).ok();
+            let updated = self
+                .devices
+                .update(subject, &device, &entry)
+                .await
+                .map_err(|e| (unavailable(e), named.clone()))?;
+            if !updated {
+                // Removed while the ceremony ran.
+                return Err((Reason::DeviceNotEnrolled, named));
+            }
+        }
+        Ok(Proven {
+            credential_id,
+            user_verified: result.user_verified(),
+            enrolment: entry.by,
+        })
     }
 
     async fn save(&self, handle: &str, credential: &Credential) -> Result<(), Reason> {

@@ -21,8 +21,9 @@ use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::audit::Record;
-use crate::config::{BrowserConfig, PublicOrigin};
+use crate::config::{BrowserConfig, PublicOrigin, SessionConfig};
 use crate::decision::Decision;
+use crate::devices::Registry;
 use crate::reason::Reason;
 use crate::session::Session as UserSession;
 use crate::store::{ReplayStore, StoreError, Taken};
@@ -73,6 +74,9 @@ struct Proven {
     hold_id: String,
     credential_id: String,
     user_verified: bool,
+    /// Where the passkey's trust came from (`first_use`, or its registry entry's source).
+    #[serde(default)]
+    enrolment: Option<String>,
 }
 
 /// Browser confirmations over the replay store.
@@ -93,9 +97,16 @@ impl Browser {
         config: BrowserConfig,
         public_origin: PublicOrigin,
         store: Arc<dyn ReplayStore>,
-        binding_ttl: Duration,
+        session: &SessionConfig,
     ) -> Result<Browser, CeremonyError> {
-        let ceremonies = Ceremonies::new(&config, store.clone(), binding_ttl)?;
+        let devices = Registry::new(store.clone(), session.max_devices);
+        let ceremonies = Ceremonies::new(
+            &config,
+            store.clone(),
+            session.binding_ttl,
+            session.binding,
+            devices,
+        )?;
         let authority = match config.origin.port {
             Some(port) => format!("{}:{port}", config.origin.host),
             None => config.origin.host.clone(),
@@ -262,6 +273,7 @@ impl Browser {
             hold_id: id.to_string(),
             credential_id: proven.credential_id,
             user_verified: proven.user_verified,
+            enrolment: Some(proven.enrolment),
         };
         if let Err(reason) = self.put_proven("resume", &token, &proven).await {
             return self.refused_json(reason, record);
@@ -425,6 +437,7 @@ impl Browser {
         };
         record.via = Some("browser".to_string());
         record.user_verified = Some(proven.user_verified);
+        record.enrolment = proven.enrolment.clone();
         let clear_cookie = format!(
             "{RESUME_COOKIE}=; Path={}; Max-Age=0; HttpOnly; SameSite=Lax",
             cookie_path(&self.public_origin.prefix, hold.path())
@@ -587,6 +600,8 @@ fn refusal_named(name: &str) -> Reason {
         Reason::NonceExpired,
         Reason::SessionMismatch,
         Reason::DeviceMismatch,
+        Reason::DeviceNotEnrolled,
+        Reason::NoSubject,
         Reason::UserVerificationRequired,
         Reason::NonceReplay,
         Reason::Cancelled,

@@ -221,6 +221,16 @@ pub fn refusal(reason: Reason, back: Option<&str>) -> Vec<u8> {
             "This session already confirmed with another passkey. Use that one, or sign in again \
              to confirm with this one.",
         ),
+        Reason::DeviceNotEnrolled => (
+            "This passkey is not enrolled for you",
+            "Only devices enrolled for your account confirm actions here. Enrol this passkey with \
+             an invite code from your administrator, or use a device you enrolled before.",
+        ),
+        Reason::NoSubject => (
+            "This session does not say who you are",
+            "Actions here are confirmed only by devices enrolled for a person, and this session \
+             names none. Ask your administrator.",
+        ),
         Reason::UserVerificationRequired => (
             "Your passkey did not verify you",
             "This action needs your passkey to check that it is you (PIN, fingerprint or face). \

@@ -20,8 +20,9 @@ use serde_path_to_error::Segment;
 
 use super::{
     AuditConfig, BrowserConfig, Config, ConfigError, ConfirmationConfig, CookieJwtSubject,
-    InvalidValue, JwtKeys, LogConfig, MetricsConfig, ProvenanceConfig, PublicOrigin, ServerConfig,
-    SessionConfig, SessionKind, StoreConfig, Upstream, UpstreamScheme, UserVerification,
+    DeviceBinding, InvalidValue, JwtKeys, LogConfig, MetricsConfig, ProvenanceConfig, PublicOrigin,
+    ServerConfig, SessionConfig, SessionKind, StoreConfig, Upstream, UpstreamScheme,
+    UserVerification,
 };
 use std::sync::Arc;
 
@@ -757,6 +758,17 @@ struct FileSession {
     subject_header: Option<Parsed<HeaderText>>,
     groups_claim: Option<String>,
     subject_from: Option<FileSubjectFrom>,
+    binding: Option<FileBinding>,
+    max_devices: Option<u64>,
+    invite_ttl: Option<Parsed<Duration>>,
+}
+
+/// `session.binding`.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum FileBinding {
+    FirstUse,
+    Enrolled,
 }
 
 /// `session.subject_from`: exactly one of its keys.
@@ -1081,6 +1093,15 @@ impl FileConfig {
                 max_entries: DEFAULT_MAX_ENTRIES,
             },
         };
+        if session.binding == DeviceBinding::Enrolled && matches!(store, StoreConfig::Memory { .. })
+        {
+            // Nothing could ever enrol a first device: the commands cannot reach a process's memory.
+            return invalid(
+                "session.binding",
+                "enrolled needs the shared store (store.kind: redis): devices are enrolled with \
+                 countersign devices, which cannot reach the memory store inside a gateway process",
+            );
+        }
         if let Some(path) = self.audit.as_ref().and_then(|a| a.path.as_deref()) {
             audit_parent_is_a_directory(path)?;
         }
@@ -1180,6 +1201,11 @@ impl FileConfig {
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_BINDING_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Devices enrolled per subject: a laptop, a phone, a hardware key or two, with room to spare.
+const DEFAULT_MAX_DEVICES: usize = 16;
+/// A bound on the bound: the registry of a subject is read whole by `devices list`.
+const MAX_MAX_DEVICES: u64 = 1024;
+const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_NONCE_TTL: Duration = Duration::from_secs(60);
 const DEFAULT_PROOF_MAX_AGE: Duration = Duration::from_secs(60);
 const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
@@ -1383,6 +1409,27 @@ impl FileSession {
                 Some(FileUpstreamScheme::Dpop) => UpstreamScheme::Dpop,
             },
             binding_ttl: positive("session.binding_ttl", self.binding_ttl, DEFAULT_BINDING_TTL)?,
+            binding: match self.binding {
+                None | Some(FileBinding::FirstUse) => DeviceBinding::FirstUse,
+                Some(FileBinding::Enrolled) => DeviceBinding::Enrolled,
+            },
+            max_devices: match self.max_devices {
+                None => DEFAULT_MAX_DEVICES,
+                Some(0) => {
+                    return invalid(
+                        "session.max_devices",
+                        "must be at least 1 (devices enrolled per subject)",
+                    )
+                }
+                Some(n) if n > MAX_MAX_DEVICES => {
+                    return invalid(
+                        "session.max_devices",
+                        format!("must be at most {MAX_MAX_DEVICES} (devices enrolled per subject)"),
+                    )
+                }
+                Some(n) => n as usize,
+            },
+            invite_ttl: positive("session.invite_ttl", self.invite_ttl, DEFAULT_INVITE_TTL)?,
             allow_bearer_scheme: self.allow_bearer_scheme.unwrap_or(false),
             subject_header: self
                 .subject_header

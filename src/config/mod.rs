@@ -172,6 +172,31 @@ pub struct SessionConfig {
     /// `session.subject_from: { cookie_jwt_claim }`: the session cookie is a JWT, verified with
     /// these keys, and this claim names the subject.
     pub subject_from_cookie_jwt: Option<CookieJwtSubject>,
+    /// Which device keys may confirm for a session (`session.binding`, default `first_use`).
+    pub binding: DeviceBinding,
+    /// Most devices enrolled per subject (`session.max_devices`, default 16).
+    pub max_devices: usize,
+    /// How long a `countersign devices invite` code can be redeemed (default 15 min).
+    pub invite_ttl: Duration,
+}
+
+/// `session.binding`: which device keys may confirm for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceBinding {
+    /// The first key (or passkey) that confirms binds to the session; others are refused.
+    FirstUse,
+    /// Only devices enrolled for the session's subject confirm.
+    Enrolled,
+}
+
+impl DeviceBinding {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceBinding::FirstUse => "first_use",
+            DeviceBinding::Enrolled => "enrolled",
+        }
+    }
 }
 
 /// Where a cookie session's subject comes from when the cookie is a JWT.

@@ -83,6 +83,7 @@ impl Gateway {
             jkt: resumed.device.clone(),
             chain: None,
             origin: None,
+            enrolment: None,
         };
         let mut record = resumed.record;
         record.request_id = Some(ctx.request_id.clone());

@@ -50,6 +50,8 @@ impl Gateway {
     ) -> pingora::Result<()> {
         record.confirmation_id = Some(confirmed.confirmation.id.to_string());
         record.device = Some(confirmed.confirmation.jkt.clone());
+        let enrolment = confirmed.confirmation.enrolment.clone();
+        record.enrolment = record.enrolment.take().or(enrolment);
         if !self.ledger.decide(&mut record, Decision::Accepted) {
             return self
                 .refuse(session, ctx, record, Reason::AuditUnavailable)

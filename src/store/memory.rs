@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use subtle::ConstantTimeEq;
 
-use super::{Bind, Chain, Key, NonceRecord, ReplayStore, StoreError, Take, Taken};
+use super::{Bind, Chain, Enrol, Key, NonceRecord, ReplayStore, StoreError, Take, Taken};
 
 const SHARDS: usize = 64;
 /// The most bytes records (held requests, ceremonies) may take together: held bodies are up to
@@ -50,6 +50,9 @@ enum State {
     Used,
 }
 
+/// A subject's enrolled devices: (device, entry), sorted by device.
+type Registry = Vec<(Box<str>, Box<[u8]>)>;
+
 struct Binding {
     jkt: Box<str>,
     expires: Millis,
@@ -71,6 +74,9 @@ struct Shard {
     origins: HashMap<Key, (u64, Box<str>, Millis)>,
     /// Revocation marks: unix time, expiry.
     revoked: HashMap<Key, (u64, Millis)>,
+    /// Enrolled devices by subject: (device, entry), sorted by device; they never expire, and
+    /// each device holds one entry slot.
+    devices: HashMap<Key, Registry>,
     /// The earliest expiry of anything in the shard (a lower bound between sweeps).
     next_expiry: Millis,
     swept: Millis,
@@ -525,6 +531,104 @@ impl ReplayStore for MemoryStore {
         Ok(Taken::Value(value.into_vec()))
     }
 
+    async fn enrol_device(
+        &self,
+        subject: &Key,
+        device: &str,
+        entry: Vec<u8>,
+        max: usize,
+    ) -> Result<Enrol, StoreError> {
+        self.reserve()?;
+        let now = self.now();
+        let mut shard = self.shard(subject, now);
+        let devices = shard.devices.entry(*subject).or_default();
+        let outcome = match devices.binary_search_by(|(d, _)| (**d).cmp(device)) {
+            Ok(_) => Enrol::Already,
+            Err(_) if devices.len() >= max => Enrol::Full,
+            Err(at) => {
+                devices.insert(at, (device.into(), entry.into_boxed_slice()));
+                Enrol::New
+            }
+        };
+        if devices.is_empty() {
+            shard.devices.remove(subject);
+        }
+        drop(shard);
+        if outcome != Enrol::New {
+            self.unreserve();
+        }
+        Ok(outcome)
+    }
+
+    async fn enrolled_device(
+        &self,
+        subject: &Key,
+        device: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let shard = self.shard(subject, self.now());
+        Ok(shard.devices.get(subject).and_then(|devices| {
+            devices
+                .binary_search_by(|(d, _)| (**d).cmp(device))
+                .ok()
+                .map(|at| devices[at].1.to_vec())
+        }))
+    }
+
+    async fn enrolled_devices(&self, subject: &Key) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let shard = self.shard(subject, self.now());
+        Ok(shard
+            .devices
+            .get(subject)
+            .map(|devices| {
+                devices
+                    .iter()
+                    .map(|(d, e)| (d.to_string(), e.to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn update_device(
+        &self,
+        subject: &Key,
+        device: &str,
+        entry: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let mut shard = self.shard(subject, self.now());
+        let Some(devices) = shard.devices.get_mut(subject) else {
+            return Ok(false);
+        };
+        match devices.binary_search_by(|(d, _)| (**d).cmp(device)) {
+            Ok(at) => {
+                devices[at].1 = entry.into_boxed_slice();
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    async fn remove_device(&self, subject: &Key, device: &str) -> Result<bool, StoreError> {
+        let mut shard = self.shard(subject, self.now());
+        let Some(devices) = shard.devices.get_mut(subject) else {
+            return Ok(false);
+        };
+        let removed = match devices.binary_search_by(|(d, _)| (**d).cmp(device)) {
+            Ok(at) => {
+                devices.remove(at);
+                true
+            }
+            Err(_) => false,
+        };
+        if devices.is_empty() {
+            shard.devices.remove(subject);
+        }
+        drop(shard);
+        if removed {
+            self.unreserve();
+        }
+        Ok(removed)
+    }
+
     fn outstanding_nonces(&self) -> u64 {
         self.sweep_all(&self.swept_for_count, SWEEP_EVERY_MS);
         self.outstanding.load(Ordering::Relaxed)
@@ -644,6 +748,38 @@ mod tests {
         }
         assert_eq!(store.entries.load(Ordering::Relaxed), 10);
         assert_eq!(store.outstanding.load(Ordering::Relaxed), 10);
+    }
+
+    #[tokio::test]
+    async fn a_registry_is_bounded_per_subject_and_removal_frees_a_place() {
+        let store = MemoryStore::new(100);
+        let alice = nonce(1);
+        for d in ["c", "a", "b"] {
+            let enrolled = store.enrol_device(&alice, d, d.as_bytes().to_vec(), 3);
+            assert_eq!(enrolled.await.unwrap(), Enrol::New);
+        }
+        let again = store.enrol_device(&alice, "a", b"other".to_vec(), 3).await;
+        assert_eq!(again.unwrap(), Enrol::Already);
+        let full = store.enrol_device(&alice, "d", Vec::new(), 3).await;
+        assert_eq!(full.unwrap(), Enrol::Full);
+        let listed = store.enrolled_devices(&alice).await.unwrap();
+        let names: Vec<&str> = listed.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(
+            store.enrolled_device(&alice, "a").await.unwrap().as_deref(),
+            Some(&b"a"[..])
+        );
+        assert_eq!(store.enrolled_device(&nonce(2), "a").await.unwrap(), None);
+        assert!(store.remove_device(&alice, "b").await.unwrap());
+        assert!(!store.remove_device(&alice, "b").await.unwrap());
+        assert!(!store.update_device(&alice, "b", Vec::new()).await.unwrap());
+        assert!(store
+            .update_device(&alice, "a", b"n".to_vec())
+            .await
+            .unwrap());
+        let enrolled = store.enrol_device(&alice, "d", Vec::new(), 3).await;
+        assert_eq!(enrolled.unwrap(), Enrol::New);
+        assert_eq!(store.entries.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! The replay and binding store: nonces, `jti`s and device bindings. Every single-use decision is
+//! The replay and binding store: nonces, `jti`s, device bindings and the registry of enrolled
+//! devices. Every single-use decision is
 //! one atomic operation here (never get-then-remove), so of N concurrent identical confirmations
 //! exactly one wins. Keys are SHA-256 digests: no credential or proof ever becomes a key.
 
@@ -72,6 +73,17 @@ pub enum Bind {
     Other,
 }
 
+/// The outcome of enrolling a device for a subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrol {
+    /// Enrolled now.
+    New,
+    /// Already enrolled; its entry is left as it was.
+    Already,
+    /// The subject has `max` devices already: nothing was changed.
+    Full,
+}
+
 /// The outcome of consuming a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Taken {
@@ -143,6 +155,34 @@ pub trait ReplayStore: Send + Sync {
     async fn get_record(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError>;
     /// Consumes a record in one atomic step: of N concurrent takers exactly one gets the value.
     async fn take_record(&self, key: &Key) -> Result<Taken, StoreError>;
+    /// Enrols `device` for a subject with `entry` (opaque), unless the subject already has
+    /// `max` devices: one atomic step, so concurrent enrolments never exceed the bound. Entries
+    /// do not expire.
+    async fn enrol_device(
+        &self,
+        subject: &Key,
+        device: &str,
+        entry: Vec<u8>,
+        max: usize,
+    ) -> Result<Enrol, StoreError>;
+    /// The entry of a device enrolled for a subject, if it is.
+    async fn enrolled_device(
+        &self,
+        subject: &Key,
+        device: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every device enrolled for a subject with its entry, in device order.
+    async fn enrolled_devices(&self, subject: &Key) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Replaces the entry of a device that is enrolled (a passkey's signature counter); false
+    /// when it is not (it was removed meanwhile), and then nothing is written.
+    async fn update_device(
+        &self,
+        subject: &Key,
+        device: &str,
+        entry: Vec<u8>,
+    ) -> Result<bool, StoreError>;
+    /// Removes a device from a subject's registry; false when it was not enrolled.
+    async fn remove_device(&self, subject: &Key, device: &str) -> Result<bool, StoreError>;
     /// Nonces issued and neither consumed nor expired (approximate).
     fn outstanding_nonces(&self) -> u64;
     /// Whether the backend answers now.

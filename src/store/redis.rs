@@ -3,7 +3,8 @@
 //!
 //! Every operation touches exactly one key, either with one command (`SET NX PX`, `GET`) or with
 //! one Lua script that reads and writes that key atomically (issue a nonce; consume a nonce if
-//! the presenter matches — a mismatching presenter does not burn it; bind a device on first use).
+//! the presenter matches — a mismatching presenter does not burn it; bind a device on first use;
+//! enrol a device within the bound of its subject's registry, a hash with no TTL).
 //! Redis Cluster therefore needs no hash tags and no cross-slot transaction: each call goes to the
 //! one node that owns its key's slot. Keys are `countersign:{nonce|jti|binding}:<hex SHA-256>`
 //! (the store's keys are already digests, so no credential or proof appears in Redis), and every
@@ -36,7 +37,7 @@ use moka::Expiry;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Mutex;
 
-use super::{Bind, Chain, Key, NonceRecord, ReplayStore, StoreError, Take, Taken};
+use super::{Bind, Chain, Enrol, Key, NonceRecord, ReplayStore, StoreError, Take, Taken};
 
 /// Connection attempts may take longer than one operation's budget: a connection that is slow
 /// to open still gets established while the operations that wait for it fail closed.
@@ -123,6 +124,31 @@ local held = tonumber(redis.call('GET', KEYS[1]) or '0')
 local at = tonumber(ARGV[1])
 if held > at then at = held end
 redis.call('SET', KEYS[1], tostring(at), 'PX', ARGV[2])
+return 1
+",
+    )
+});
+
+/// Enrols a device: `KEYS[1]` the subject's registry (a hash: device → entry), `ARGV[1]` the
+/// device, `ARGV[2]` its entry, `ARGV[3]` the most devices. Answers 0 new, 1 already, 2 full.
+static ENROL_DEVICE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 2 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 0
+",
+    )
+});
+
+/// Replaces the entry of an enrolled device: `KEYS[1]` the registry, `ARGV[1]` the device,
+/// `ARGV[2]` the entry. Answers 1 when it was enrolled, 0 (and writes nothing) otherwise.
+static UPDATE_DEVICE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 ",
     )
@@ -381,6 +407,60 @@ impl ReplayStore for RedisStore {
             2 => Taken::Used,
             _ => Taken::Unknown,
         })
+    }
+
+    async fn enrol_device(
+        &self,
+        subject: &Key,
+        device: &str,
+        entry: Vec<u8>,
+        max: usize,
+    ) -> Result<Enrol, StoreError> {
+        let mut invocation = ENROL_DEVICE.key(redis_key("devices", subject));
+        invocation.arg(device).arg(entry).arg(max);
+        let outcome: i64 = self.call(Request::Script(invocation)).await?;
+        Ok(match outcome {
+            0 => Enrol::New,
+            1 => Enrol::Already,
+            _ => Enrol::Full,
+        })
+    }
+
+    async fn enrolled_device(
+        &self,
+        subject: &Key,
+        device: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut cmd = ::redis::cmd("HGET");
+        cmd.arg(redis_key("devices", subject)).arg(device);
+        self.call(Request::Command(cmd)).await
+    }
+
+    async fn enrolled_devices(&self, subject: &Key) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut cmd = ::redis::cmd("HGETALL");
+        cmd.arg(redis_key("devices", subject));
+        let all: std::collections::BTreeMap<String, Vec<u8>> =
+            self.call(Request::Command(cmd)).await?;
+        Ok(all.into_iter().collect())
+    }
+
+    async fn update_device(
+        &self,
+        subject: &Key,
+        device: &str,
+        entry: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = UPDATE_DEVICE.key(redis_key("devices", subject));
+        invocation.arg(device).arg(entry);
+        let updated: i64 = self.call(Request::Script(invocation)).await?;
+        Ok(updated == 1)
+    }
+
+    async fn remove_device(&self, subject: &Key, device: &str) -> Result<bool, StoreError> {
+        let mut cmd = ::redis::cmd("HDEL");
+        cmd.arg(redis_key("devices", subject)).arg(device);
+        let removed: i64 = self.call(Request::Command(cmd)).await?;
+        Ok(removed > 0)
     }
 
     /// Nonces this replica issued that it has not seen consumed and that have not expired: a
