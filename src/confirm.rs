@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::nonce::{self, Action};
 use crate::policy::{self, Origin};
 use crate::proof::{self, ProofCheck};
+use crate::quota::{QuotaError, Quotas};
 use crate::reason::Reason;
 use crate::session::{Session, SessionError, Sessions};
 use crate::store::{self, Bind, Chain, NonceRecord, ReplayStore, StoreError, Take};
@@ -107,6 +108,8 @@ pub struct Confirmer {
     metrics: Arc<Metrics>,
     binding: DeviceBinding,
     devices: Registry,
+    /// Challenges outstanding per session and per client network.
+    quotas: Quotas,
 }
 
 impl Confirmer {
@@ -118,7 +121,15 @@ impl Confirmer {
         binding_ttl: Duration,
         metrics: Arc<Metrics>,
     ) -> Confirmer {
+        let quotas = Quotas::new(
+            store.clone(),
+            "quota-nonce",
+            config.max_outstanding_per_session,
+            config.max_outstanding_per_ip,
+            config.nonce_ttl,
+        );
         Confirmer {
+            quotas,
             devices: Registry::new(store.clone(), usize::MAX),
             binding: DeviceBinding::FirstUse,
             store,
@@ -216,12 +227,14 @@ impl Confirmer {
         }
         match self.check(session, ex, &action, check).await {
             Ok(confirmation) => Outcome::Accepted(confirmation),
-            Err(Refusal::NoProof) => match self.challenge(session, &action, check).await {
-                Ok(challenge) => Outcome::Challenged(challenge),
-                Err(reason) => rejected(reason, None, None),
-            },
+            Err(Refusal::NoProof) => {
+                match self.challenge(session, &action, check, ex.client_ip).await {
+                    Ok(challenge) => Outcome::Challenged(challenge),
+                    Err(reason) => rejected(reason, None, None),
+                }
+            }
             Err(Refusal::Reason(reason, device)) if reason.status() == 401 => {
-                match self.challenge(session, &action, check).await {
+                match self.challenge(session, &action, check, ex.client_ip).await {
                     Ok(challenge) => rejected(reason, device, Some(challenge)),
                     Err(store_reason) => rejected(store_reason, device, None),
                 }
@@ -334,7 +347,14 @@ impl Confirmer {
                 .await,
         )?;
         let chain = match taken {
-            Take::Consumed(chain) => chain,
+            Take::Consumed(chain) => {
+                // A challenge's slots are free again; a continuation nonce (one with a chain)
+                // took none.
+                if chain.is_none() {
+                    self.quotas.give(&session.id, ex.client_ip).await;
+                }
+                chain
+            }
             Take::Unknown => return Err(fail(Reason::NonceExpired)),
             Take::Used => return Err(fail(Reason::NonceReplay)),
             Take::Mismatch => return Err(fail(Reason::ActionMismatch)),
@@ -442,7 +462,8 @@ impl Confirmer {
             target: ex.target,
             body_sha256: ex.body_sha256,
         };
-        self.challenge(session, &action, DeviceCheck::Session).await
+        self.challenge(session, &action, DeviceCheck::Session, ex.client_ip)
+            .await
     }
 
     /// Issues a nonce for `action`, bound to the session's device when it has one (its
@@ -452,6 +473,7 @@ impl Confirmer {
         session: &Session,
         action: &Action<'_>,
         check: DeviceCheck,
+        client_ip: Option<IpAddr>,
     ) -> Result<Challenge, Reason> {
         let device = match &session.cnf_jkt {
             Some(jkt) => Some(jkt.clone()),
@@ -460,15 +482,21 @@ impl Confirmer {
                 .store_call(self.store.device(&binding_key(&session.id)).await)
                 .map_err(Refusal::reason)?,
         };
-        self.issue(
-            NonceRecord {
-                action: action.binding(),
-                device,
-                chain: None,
-            },
-            self.config.nonce_ttl,
-        )
-        .await
+        match self.quotas.take(&session.id, client_ip).await {
+            Ok(()) => {}
+            Err(QuotaError::Full) => return Err(Reason::TooManyChallenges),
+            Err(QuotaError::Store(e)) => return self.store_call(Err(e)).map_err(Refusal::reason),
+        }
+        let record = NonceRecord {
+            action: action.binding(),
+            device,
+            chain: None,
+        };
+        let issued = self.issue(record, self.config.nonce_ttl).await;
+        if issued.is_err() {
+            self.quotas.give(&session.id, client_ip).await;
+        }
+        issued
     }
 
     /// Issues a continuation nonce after a confirmed request was redirected to another

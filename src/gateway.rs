@@ -79,7 +79,7 @@ impl Gateway {
     ) -> Result<Gateway, GatewayError> {
         let upstreams = Upstreams::resolve(&config.upstreams)?;
         let no_session = crate::session::missing_description(&config.session.kind);
-        let answers = Answers::new(confirmer.algs(), no_session);
+        let answers = Answers::new(confirmer.algs(), no_session, config.confirmation.nonce_ttl);
         let guard = policy::Guard::new(
             config.policy.clone(),
             config.risk.clone(),
@@ -91,6 +91,7 @@ impl Gateway {
                 public.clone(),
                 confirmer.store().clone(),
                 &config.session,
+                &config.confirmation,
             )?),
             _ => None,
         };

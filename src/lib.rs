@@ -24,6 +24,7 @@ pub mod nonce;
 pub mod policy;
 pub mod proof;
 pub mod provenance;
+mod quota;
 pub mod reason;
 mod refusal;
 mod relay;

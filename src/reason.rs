@@ -60,6 +60,9 @@ pub enum Reason {
     InviteUsed,
     /// The subject already has `session.max_devices` devices enrolled.
     TooManyDevices,
+    /// The session or the client network holds as many unconsumed challenges as its quota
+    /// (`confirmation.max_outstanding_per_session`, `max_outstanding_per_ip`) allows.
+    TooManyChallenges,
     /// The proof carries no `nonce`.
     NonceMissing,
     /// The nonce is unknown or expired.
@@ -118,6 +121,7 @@ impl Reason {
             Reason::InviteInvalid => "invite_invalid",
             Reason::InviteUsed => "replay",
             Reason::TooManyDevices => "too_many_devices",
+            Reason::TooManyChallenges => "too_many_challenges",
             Reason::NonceMissing => "nonce_missing",
             Reason::NonceExpired => "nonce_expired",
             Reason::NonceReplay | Reason::JtiReplay => "replay",
@@ -148,6 +152,7 @@ impl Reason {
             | Reason::InviteInvalid
             | Reason::InviteUsed => "forbidden",
             Reason::EnrolmentMalformed | Reason::TooManyDevices => "invalid_request",
+            Reason::TooManyChallenges => "too_many_requests",
             Reason::InvalidTarget
             | Reason::UpgradeRefused
             | Reason::BodyTooLarge
@@ -180,6 +185,7 @@ impl Reason {
             | Reason::InviteUsed => 403,
             Reason::EnrolmentMalformed => 400,
             Reason::TooManyDevices => 409,
+            Reason::TooManyChallenges => 429,
             _ => 401,
         }
     }
@@ -242,6 +248,9 @@ impl Reason {
             Reason::InviteUsed => "the invite code was already redeemed",
             Reason::TooManyDevices => {
                 "the subject has as many devices enrolled as session.max_devices allows: remove one first"
+            }
+            Reason::TooManyChallenges => {
+                "too many confirmations are outstanding for this session or client: complete one or let it expire (Retry-After), then try again"
             }
             Reason::NonceMissing => "confirmation required: sign the action with this nonce",
             Reason::NonceExpired => "nonce unknown or expired: sign the action with this nonce",

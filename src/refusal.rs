@@ -3,7 +3,7 @@
 //! error with its `reason`, `WWW-Authenticate` (RFC 9449 §7.1, RFC 9470 §3) and, with a fresh
 //! nonce, `DPoP-Nonce` and what is being confirmed.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
@@ -62,15 +62,19 @@ pub struct Answers {
     algs: String,
     /// The description of `no_session`, naming the credential this gateway reads.
     no_session: String,
+    /// `Retry-After` of a quota refusal, in seconds: when an unconsumed challenge lapses.
+    retry_after: u64,
 }
 
 impl Answers {
-    /// Answers naming `algs` and, for a missing session, `no_session`.
-    pub fn new(algs: &[ProofAlg], no_session: String) -> Answers {
+    /// Answers naming `algs`, for a missing session `no_session`, and for a quota refusal the
+    /// nonce lifetime `nonce_ttl`.
+    pub fn new(algs: &[ProofAlg], no_session: String, nonce_ttl: Duration) -> Answers {
         let algs = algs.iter().map(|a| a.as_str()).collect::<Vec<_>>();
         Answers {
             algs: algs.join(" "),
             no_session,
+            retry_after: nonce_ttl.as_secs_f64().ceil() as u64,
         }
     }
 
@@ -98,6 +102,9 @@ impl Answers {
         let mut headers = Vec::new();
         if status == 401 || reason == Reason::MixedSchemes {
             headers.extend(self.authenticate(code, description, auth_params));
+        }
+        if reason == Reason::TooManyChallenges {
+            headers.push(("retry-after", self.retry_after.to_string()));
         }
         if let Some(fresh) = fresh {
             headers.push(("dpop-nonce", fresh.nonce));
@@ -141,7 +148,12 @@ mod tests {
     use super::*;
 
     fn answers() -> Answers {
-        Answers::new(&[ProofAlg::Es256], "no session cookie `sid`".to_string())
+        let ttl = Duration::from_millis(59_500);
+        Answers::new(
+            &[ProofAlg::Es256],
+            "no session cookie `sid`".to_string(),
+            ttl,
+        )
     }
 
     fn header<'r>(reply: &'r Reply, name: &str) -> Option<&'r str> {
@@ -206,6 +218,15 @@ mod tests {
         let reply = answers().refusal(Reason::MixedSchemes, None, "");
         assert_eq!(reply.status, 400);
         assert!(header(&reply, "www-authenticate").is_some());
+    }
+
+    #[test]
+    fn a_quota_refusal_says_when_to_retry() {
+        let reply = answers().refusal(Reason::TooManyChallenges, None, "");
+        assert_eq!(reply.status, 429);
+        assert_eq!(body(&reply)["reason"], "too_many_challenges");
+        assert_eq!(header(&reply, "retry-after"), Some("60"));
+        assert_eq!(header(&reply, "www-authenticate"), None);
     }
 
     #[test]

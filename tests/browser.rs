@@ -491,6 +491,47 @@ mod without_a_browser {
     use support::send;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_past_its_hold_quota_gets_a_refusal_page_and_the_app_nothing() {
+        let app = FormApp::start().await;
+        let yaml = config("required").replace(
+            "session: {",
+            "confirmation: { max_outstanding_per_session: 2 }\nsession: {",
+        );
+        let gateway = Gateway::start_at(&yaml, app.addr).await;
+        let url = format!("{}/users/42/delete", gateway.base);
+        let navigate = |sid: &'static str| {
+            let url = url.clone();
+            async move {
+                let cookie = format!("sessionid={sid}");
+                let headers = [
+                    ("cookie", cookie.as_str()),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("sec-fetch-mode", "navigate"),
+                ];
+                send(&url, "POST", &headers, Bytes::from_static(b"a=1")).await
+            }
+        };
+        for _ in 0..2 {
+            assert_eq!(navigate("s-holds").await.status, 303);
+        }
+        let refused = navigate("s-holds").await;
+        assert_eq!(refused.status, 429);
+        let html = String::from_utf8_lossy(&refused.body);
+        assert!(html.contains("<html"), "a page for a person: {html}");
+        let audit = gateway.audit();
+        let record = audit.last().expect("the refusal is audited");
+        assert_eq!(record["event"], "rejected");
+        assert_eq!(record["reason"], "too_many_challenges");
+        assert_eq!(
+            record["request_id"].as_str(),
+            refused.header("countersign-request-id")
+        );
+        // Another session is not held back, and the app saw none of it.
+        assert_eq!(navigate("s-other").await.status, 303);
+        assert!(app.received_at("POST", "/users/42/delete").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_navigations_are_held_and_api_clients_keep_the_dpop_exchange() {
         let app = FormApp::start().await;
         let gateway = Gateway::start_at(&config("required"), app.addr).await;

@@ -106,6 +106,9 @@ async fn request_confirms_a_high_impact_action_and_a_second_device_is_refused() 
     assert_eq!(seen.len(), 1, "forwarded exactly once");
     assert_eq!(seen[0].method, "DELETE");
     assert_eq!(seen[0].headers["countersign-device"], jkt.as_str());
+    // The completed record is written once the response is relayed, which the client may see
+    // first.
+    gw.wait_for_audit(|r| r["event"] == "completed").await;
     let events: Vec<String> = gw.audit().iter().map(|r| r["event"].to_string()).collect();
     assert_eq!(
         events,

@@ -1794,7 +1794,8 @@ fn random_header_value(rng: &mut StdRng, valid: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_dpop_headers_never_succeed_never_fail_open_and_never_reach_the_upstream() {
-    let w = cookie_world("").await;
+    // Each refusal of a valid session carries a fresh nonce: 200 of them, none consumed.
+    let w = cookie_world("confirmation: { max_outstanding_per_session: 1000 }").await;
     let key = es256();
     let nonce = w.request("DELETE", USER).cookie(SID).challenge().await;
     let valid = key.proof("DELETE", &w.url(USER), Some(&nonce), Some(SID));
@@ -1917,5 +1918,82 @@ async fn metrics_count_each_decision_exactly() {
     assert!(
         !metrics.contains(SID) && !metrics.contains("/api/users/42"),
         "labels never carry unbounded values"
+    );
+}
+
+#[tokio::test]
+async fn a_session_past_its_challenge_quota_is_refused_and_others_still_confirm() {
+    let w = cookie_world("confirmation: { max_outstanding_per_session: 3 }").await;
+    for _ in 0..3 {
+        w.request("DELETE", USER)
+            .cookie("s-greedy")
+            .challenge()
+            .await;
+    }
+    let before = w.seen();
+    let r = w.request("DELETE", USER).cookie("s-greedy").send().await;
+    let record = w
+        .assert_refused(&r, before, 429, "too_many_requests", "too_many_challenges")
+        .await;
+    assert_eq!(record["session"].as_str().map(str::len), Some(16));
+    assert_eq!(r.header("retry-after"), Some("60"));
+    assert!(
+        r.header("dpop-nonce").is_none(),
+        "a refused session gets no nonce"
+    );
+    // Another session on the same client is not held back by it.
+    let key = es256();
+    let r = w
+        .request("DELETE", USER)
+        .cookie("s-other")
+        .confirm(&key)
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_consumed_challenge_gives_its_quota_slot_back() {
+    let w = cookie_world("confirmation: { max_outstanding_per_session: 2 }").await;
+    let key = es256();
+    // Each confirmation holds one slot between its challenge and its retry, then frees it.
+    for _ in 0..5 {
+        let r = w
+            .request("DELETE", USER)
+            .cookie("s-busy")
+            .confirm(&key)
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    w.request("DELETE", USER).cookie("s-busy").challenge().await;
+    w.request("DELETE", USER).cookie("s-busy").challenge().await;
+    let before = w.seen();
+    let r = w.request("DELETE", USER).cookie("s-busy").send().await;
+    w.assert_refused(&r, before, 429, "too_many_requests", "too_many_challenges")
+        .await;
+}
+
+#[tokio::test]
+async fn invented_sessions_from_one_client_meet_its_network_quota() {
+    let w = cookie_world("confirmation: { max_outstanding_per_ip: 20 }").await;
+    // Cookie sessions need no credential the gateway can check: each invented cookie is a new
+    // session, so only the client's own quota bounds what it can make the store hold.
+    for i in 0..20 {
+        let sid = format!("s-invented-{i}");
+        w.request("DELETE", USER).cookie(&sid).challenge().await;
+    }
+    let before = w.seen();
+    let r = w
+        .request("DELETE", USER)
+        .cookie("s-invented-20")
+        .send()
+        .await;
+    w.assert_refused(&r, before, 429, "too_many_requests", "too_many_challenges")
+        .await;
+    let metrics = w.gw.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"countersign_rejections_total{reason="too_many_challenges",route="delete-user"} 1"#
+        ),
+        "{metrics}"
     );
 }

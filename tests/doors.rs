@@ -17,8 +17,10 @@ use support::Gateway;
 
 const SID: &str = "victim-session-7c1d";
 
+// Sweeps send hundreds of unanswered challenges from one session: no quota gets in their way.
 const CONFIG: &str = r#"
 session: { kind: cookie, cookie: sessionid }
+confirmation: { max_outstanding_per_session: 100000 }
 upstreams: { legacy: { address: "{upstream}" } }
 routes:
   - name: delete-user

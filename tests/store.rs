@@ -52,6 +52,8 @@ const SUITE: &[(&str, Case)] = cases![
     ping_answers,
     the_first_origin_of_a_session_holds,
     a_revocation_mark_moves_forward_only,
+    a_quota_holds_its_limit_and_lapses,
+    of_64_concurrent_slot_takes_exactly_the_limit_succeed,
 ];
 
 async fn run_suite(backend: &str, make: impl Fn() -> Store) {
@@ -244,6 +246,33 @@ async fn a_revocation_mark_moves_forward_only(s: Store) {
     assert_eq!(s.revoked(&short).await.expect("revoked"), None);
 }
 
+async fn a_quota_holds_its_limit_and_lapses(s: Store) {
+    let quota = key();
+    for _ in 0..3 {
+        assert!(s.take_slot(&quota, 3, SHORT).await.expect("slot"));
+    }
+    assert!(!s.take_slot(&quota, 3, SHORT).await.expect("slot"));
+    s.give_slot(&quota).await.expect("give");
+    assert!(s.take_slot(&quota, 3, SHORT).await.expect("slot"));
+    assert!(!s.take_slot(&quota, 3, SHORT).await.expect("slot"));
+    assert!(s.take_slot(&key(), 3, SHORT).await.expect("another quota"));
+    tokio::time::sleep(PAST_SHORT).await;
+    assert!(s.take_slot(&quota, 3, SHORT).await.expect("lapsed"));
+}
+
+async fn of_64_concurrent_slot_takes_exactly_the_limit_succeed(s: Store) {
+    let quota = key();
+    let takes = (0..64).map(|_| {
+        let s = s.clone();
+        tokio::spawn(async move { s.take_slot(&quota, 10, LONG).await.expect("slot") })
+    });
+    let mut taken = 0;
+    for take in takes {
+        taken += usize::from(take.await.expect("task"));
+    }
+    assert_eq!(taken, 10);
+}
+
 async fn a_binding_expires_and_can_then_be_taken_by_another_device(s: Store) {
     let session = key();
     assert_eq!(
@@ -387,7 +416,9 @@ async fn keys_are_hashed_and_expire(store: Store, nodes: &[String]) {
             found.push(name);
         }
     }
-    let kinds = ["nonce", "jti", "binding", "origin", "revoked", "record"];
+    let kinds = [
+        "nonce", "jti", "binding", "origin", "revoked", "record", "slots",
+    ];
     for kind in kinds {
         assert!(
             found

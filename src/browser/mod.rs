@@ -21,9 +21,10 @@ use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::audit::Record;
-use crate::config::{BrowserConfig, PublicOrigin, SessionConfig};
+use crate::config::{BrowserConfig, ConfirmationConfig, PublicOrigin, SessionConfig};
 use crate::decision::Decision;
 use crate::devices::Registry;
+use crate::quota::Quotas;
 use crate::reason::Reason;
 use crate::session::Session as UserSession;
 use crate::store::{ReplayStore, StoreError, Taken};
@@ -89,6 +90,8 @@ pub struct Browser {
     authority: String,
     /// The confirmation origin's own listener, when it has one.
     listen: Option<SocketAddr>,
+    /// Holds outstanding per session and per client network.
+    quotas: Quotas,
 }
 
 impl Browser {
@@ -98,7 +101,15 @@ impl Browser {
         public_origin: PublicOrigin,
         store: Arc<dyn ReplayStore>,
         session: &SessionConfig,
+        confirmation: &ConfirmationConfig,
     ) -> Result<Browser, CeremonyError> {
+        let quotas = Quotas::new(
+            store.clone(),
+            "quota-hold",
+            confirmation.max_outstanding_per_session,
+            confirmation.max_outstanding_per_ip,
+            config.hold_ttl,
+        );
         let devices = Registry::new(store.clone(), session.max_devices);
         let ceremonies = Ceremonies::new(
             &config,
@@ -113,6 +124,7 @@ impl Browser {
         };
         let listen = config.listen.as_deref().and_then(|l| l.parse().ok());
         Ok(Browser {
+            quotas,
             listen,
             config,
             public_origin,
@@ -158,6 +170,10 @@ impl Browser {
             expires,
         );
         record.via = Some("browser".to_string());
+        let client = held_client(&hold);
+        if let Err(e) = self.quotas.take(&user.id, client).await {
+            return self.refused(e.reason(), record, None);
+        }
         let stored = match serde_json::to_vec(&hold) {
             Ok(wire) => {
                 self.store
@@ -168,6 +184,7 @@ impl Browser {
         };
         if let Err(e) = stored {
             tracing::warn!(error = %e, "hold not stored");
+            self.quotas.give(&user.id, client).await;
             return self.refused(Reason::StoreUnavailable, record, None);
         }
         let location = format!("{}/confirm/{id}", self.config.origin.origin());
@@ -295,6 +312,7 @@ impl Browser {
         let Some(hold) = hold else {
             return self.unknown_hold();
         };
+        self.quotas.give(&hold.session_id, held_client(&hold)).await;
         let record = self.record_of(&hold);
         Answer {
             status: 303,
@@ -435,6 +453,7 @@ impl Browser {
             Ok(Taken::Unknown) => return Err(self.unknown_hold()),
             Err(_) => return Err(self.refused(Reason::StoreUnavailable, record, Some(&hold))),
         };
+        self.quotas.give(&hold.session_id, held_client(&hold)).await;
         record.via = Some("browser".to_string());
         record.user_verified = Some(proven.user_verified);
         record.enrolment = proven.enrolment.clone();
@@ -478,8 +497,14 @@ impl Browser {
     }
 
     async fn discard(&self, id: &str) {
-        if let Err(e) = self.store.take_record(&hold::key("hold", id)).await {
-            tracing::warn!(error = %e, "refused hold not removed; it expires at its TTL");
+        match self.store.take_record(&hold::key("hold", id)).await {
+            Ok(Taken::Value(wire)) => {
+                if let Ok(hold) = serde_json::from_slice::<Hold>(&wire) {
+                    self.quotas.give(&hold.session_id, held_client(&hold)).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "refused hold not removed; it expires at its TTL"),
         }
     }
 
@@ -524,6 +549,7 @@ impl Browser {
         record.via = Some("browser".to_string());
         let status = match reason {
             Reason::StoreUnavailable | Reason::AuditUnavailable => 503,
+            Reason::TooManyChallenges => 429,
             Reason::NonceExpired => 404,
             _ => 403,
         };
@@ -575,6 +601,11 @@ impl Browser {
             decided,
         }
     }
+}
+
+/// The client a hold's quota slot was taken for.
+fn held_client(hold: &Hold) -> Option<std::net::IpAddr> {
+    hold.client_ip.as_deref().and_then(|ip| ip.parse().ok())
 }
 
 /// The resume step and the arrival carry the held action's session credential, or nothing is done.

@@ -795,6 +795,8 @@ struct FileConfirmation {
     clock_skew: Option<Parsed<Duration>>,
     continuation_ttl: Option<Parsed<Duration>>,
     max_body: Option<Parsed<Bytes>>,
+    max_outstanding_per_session: Option<u32>,
+    max_outstanding_per_ip: Option<u32>,
 }
 
 /// `provenance:`.
@@ -1210,6 +1212,17 @@ const DEFAULT_NONCE_TTL: Duration = Duration::from_secs(60);
 const DEFAULT_PROOF_MAX_AGE: Duration = Duration::from_secs(60);
 const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
 const DEFAULT_CONTINUATION_TTL: Duration = Duration::from_secs(30);
+const DEFAULT_OUTSTANDING_PER_SESSION: u32 = 32;
+const DEFAULT_OUTSTANDING_PER_IP: u32 = 1024;
+
+/// A count that must be at least 1, or its default.
+fn at_least_one(path: &str, value: Option<u32>, default: u32) -> Result<u32, Invalid> {
+    match value {
+        None => Ok(default),
+        Some(0) => invalid(path, "must be at least 1 (challenges outstanding at once)"),
+        Some(n) => Ok(n),
+    }
+}
 const DEFAULT_MAX_BODY: usize = 1 << 20;
 const DEFAULT_ALGS: [ProofAlg; 2] = [ProofAlg::Es256, ProofAlg::EdDsa];
 const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(120);
@@ -1515,6 +1528,8 @@ impl FileConfirmation {
             clock_skew: DEFAULT_CLOCK_SKEW,
             continuation_ttl: DEFAULT_CONTINUATION_TTL,
             max_body: DEFAULT_MAX_BODY,
+            max_outstanding_per_session: DEFAULT_OUTSTANDING_PER_SESSION,
+            max_outstanding_per_ip: DEFAULT_OUTSTANDING_PER_IP,
         }
     }
 
@@ -1553,6 +1568,16 @@ impl FileConfirmation {
                 DEFAULT_CONTINUATION_TTL,
             )?,
             max_body: self.max_body.map_or(DEFAULT_MAX_BODY, |Parsed(Bytes(n))| n),
+            max_outstanding_per_session: at_least_one(
+                "confirmation.max_outstanding_per_session",
+                self.max_outstanding_per_session,
+                DEFAULT_OUTSTANDING_PER_SESSION,
+            )?,
+            max_outstanding_per_ip: at_least_one(
+                "confirmation.max_outstanding_per_ip",
+                self.max_outstanding_per_ip,
+                DEFAULT_OUTSTANDING_PER_IP,
+            )?,
         })
     }
 }

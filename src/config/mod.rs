@@ -271,6 +271,11 @@ pub struct ConfirmationConfig {
     pub continuation_ttl: Duration,
     /// Largest buffered high-impact body in bytes (default 1 MiB).
     pub max_body: usize,
+    /// Most challenges outstanding for one session (default 32).
+    pub max_outstanding_per_session: u32,
+    /// Most challenges outstanding for one client network: an IPv4 address or IPv6 /64 (default
+    /// 1024).
+    pub max_outstanding_per_ip: u32,
 }
 
 /// `provenance:`.

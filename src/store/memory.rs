@@ -74,6 +74,8 @@ struct Shard {
     origins: HashMap<Key, (u64, Box<str>, Millis)>,
     /// Revocation marks: unix time, expiry.
     revoked: HashMap<Key, (u64, Millis)>,
+    /// Quota slots held, expiry.
+    slots: HashMap<Key, (u32, Millis)>,
     /// Enrolled devices by subject: (device, entry), sorted by device; they never expire, and
     /// each device holds one entry slot.
     devices: HashMap<Key, Registry>,
@@ -123,6 +125,7 @@ impl Shard {
         self.bindings.retain(|_, b| live(b.expires));
         self.origins.retain(|_, o| live(o.2));
         self.revoked.retain(|_, r| live(r.1));
+        self.slots.retain(|_, s| live(s.1));
         let mut record_bytes = 0;
         self.records.retain(|_, r| {
             let keep = live(r.expires);
@@ -238,10 +241,20 @@ impl MemoryStore {
     /// Reserves room for one new key; `Full` at the bound, after making room from expired ones.
     /// Called with no shard locked.
     fn reserve(&self) -> Result<(), StoreError> {
+        self.reserve_below(self.max_entries)
+    }
+
+    /// [`MemoryStore::reserve`] for a new challenge (a nonce or a quota slot): an eighth of the
+    /// store stays free for what consuming issued nonces needs (`jti`s, bindings).
+    fn reserve_for_challenge(&self) -> Result<(), StoreError> {
+        self.reserve_below(self.max_entries - self.max_entries / 8)
+    }
+
+    fn reserve_below(&self, bound: u64) -> Result<(), StoreError> {
         let take = || {
             self.entries
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < self.max_entries).then_some(n + 1)
+                    (n < bound).then_some(n + 1)
                 })
                 .is_ok()
         };
@@ -287,7 +300,7 @@ impl ReplayStore for MemoryStore {
         record: NonceRecord,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.reserve()?;
+        self.reserve_for_challenge()?;
         let now = self.now();
         let expires = self.expiry(now, ttl);
         let entry = Nonce {
@@ -475,6 +488,52 @@ impl ReplayStore for MemoryStore {
             self.unreserve();
         }
         outcome
+    }
+
+    async fn take_slot(&self, quota: &Key, limit: u32, ttl: Duration) -> Result<bool, StoreError> {
+        let reserved = self.reserve_for_challenge().is_ok();
+        let now = self.now();
+        let expires = self.expiry(now, ttl);
+        let mut shard = self.shard(quota, now);
+        let (outcome, used_slot) = match shard.slots.get_mut(quota) {
+            Some(held) if held.1 > now && held.0 >= limit => (Ok(false), false),
+            Some(held) => {
+                let count = if held.1 > now { held.0 } else { 0 };
+                *held = (count + 1, expires);
+                (Ok(true), false)
+            }
+            None if !reserved => (Err(StoreError::Full), false),
+            None if limit == 0 => (Ok(false), false),
+            None => {
+                shard.slots.insert(*quota, (1, expires));
+                (Ok(true), true)
+            }
+        };
+        shard.note_expiry(expires);
+        drop(shard);
+        if reserved && !used_slot {
+            self.unreserve();
+        }
+        outcome
+    }
+
+    async fn give_slot(&self, quota: &Key) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut shard = self.shard(quota, now);
+        let emptied = match shard.slots.get_mut(quota) {
+            Some(held) if held.0 > 1 => {
+                held.0 -= 1;
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if emptied {
+            shard.slots.remove(quota);
+            drop(shard);
+            self.unreserve();
+        }
+        Ok(())
     }
 
     async fn revoked(&self, mark: &Key) -> Result<Option<u64>, StoreError> {
@@ -705,23 +764,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_store_refuses_and_evicts_nothing() {
+    async fn a_full_store_refuses_challenges_evicts_nothing_and_keeps_room_to_consume() {
         let store = MemoryStore::new(100);
-        for i in 0..100 {
+        // Challenges may take seven eighths of the store.
+        for i in 0..88 {
             store.put_nonce(&nonce(i), record(i), MINUTE).await.unwrap();
         }
         let refused = store.put_nonce(&nonce(100), record(100), MINUTE).await;
         assert!(matches!(refused, Err(StoreError::Full)));
+        let quota = store.take_slot(&nonce(101), 5, MINUTE).await;
+        assert!(matches!(quota, Err(StoreError::Full)));
+        // What consuming issued nonces needs still fits, up to the bound itself.
+        for i in 0..11 {
+            assert!(store.claim_jti(&nonce(200 + i), MINUTE).await.unwrap());
+        }
+        store.bind_device(&nonce(102), "jkt", MINUTE).await.unwrap();
         assert!(matches!(
-            store.claim_jti(&nonce(101), MINUTE).await,
+            store.claim_jti(&nonce(103), MINUTE).await,
             Err(StoreError::Full)
         ));
-        assert!(matches!(
-            store.bind_device(&nonce(102), "jkt", MINUTE).await,
-            Err(StoreError::Full)
-        ));
-        assert_eq!(store.outstanding_nonces(), 100);
-        for i in 0..100 {
+        assert_eq!(store.outstanding_nonces(), 88);
+        for i in 0..88 {
             let taken = store.take_nonce(&nonce(i), &record(i).action, "jkt").await;
             assert_eq!(taken.unwrap(), Take::Consumed(None), "nonce {i}");
         }
@@ -733,21 +796,44 @@ mod tests {
 
     #[tokio::test]
     async fn expired_entries_give_their_slots_back() {
-        let store = MemoryStore::new(10);
+        let store = MemoryStore::new(16);
         let short = Duration::from_millis(50);
-        for i in 0..10 {
+        for i in 0..14 {
             store.put_nonce(&nonce(i), record(i), short).await.unwrap();
         }
         assert!(store
-            .put_nonce(&nonce(10), record(10), short)
+            .put_nonce(&nonce(14), record(14), short)
             .await
             .is_err());
         tokio::time::sleep(Duration::from_millis(200)).await;
-        for i in 10..20 {
+        for i in 20..34 {
             store.put_nonce(&nonce(i), record(i), MINUTE).await.unwrap();
         }
-        assert_eq!(store.entries.load(Ordering::Relaxed), 10);
-        assert_eq!(store.outstanding.load(Ordering::Relaxed), 10);
+        assert_eq!(store.entries.load(Ordering::Relaxed), 14);
+        assert_eq!(store.outstanding.load(Ordering::Relaxed), 14);
+    }
+
+    #[tokio::test]
+    async fn a_quota_holds_its_limit_gives_slots_back_and_lapses() {
+        let store = MemoryStore::new(100);
+        let quota = nonce(1);
+        let short = Duration::from_millis(50);
+        for _ in 0..3 {
+            assert!(store.take_slot(&quota, 3, short).await.unwrap());
+        }
+        assert!(!store.take_slot(&quota, 3, short).await.unwrap());
+        store.give_slot(&quota).await.unwrap();
+        assert!(store.take_slot(&quota, 3, short).await.unwrap());
+        assert!(!store.take_slot(&quota, 3, short).await.unwrap());
+        // Another quota is not affected.
+        assert!(store.take_slot(&nonce(2), 3, short).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(store.take_slot(&quota, 3, MINUTE).await.unwrap());
+        for _ in 0..3 {
+            store.give_slot(&quota).await.unwrap();
+        }
+        // Emptied quotas give their entry back.
+        assert_eq!(store.entries.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

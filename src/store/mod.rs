@@ -183,6 +183,12 @@ pub trait ReplayStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Removes a device from a subject's registry; false when it was not enrolled.
     async fn remove_device(&self, subject: &Key, device: &str) -> Result<bool, StoreError>;
+    /// Takes one of `limit` slots of a quota (challenges outstanding per session or per client
+    /// address) for `ttl` from now; the count lapses `ttl` after the last slot taken. False, and
+    /// nothing taken, when all `limit` are held.
+    async fn take_slot(&self, quota: &Key, limit: u32, ttl: Duration) -> Result<bool, StoreError>;
+    /// Gives a slot of a quota back (its nonce was consumed).
+    async fn give_slot(&self, quota: &Key) -> Result<(), StoreError>;
     /// Nonces issued and neither consumed nor expired (approximate).
     fn outstanding_nonces(&self) -> u64;
     /// Whether the backend answers now.

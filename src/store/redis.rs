@@ -129,6 +129,31 @@ return 1
     )
 });
 
+/// Takes a quota slot: `KEYS[1]` the quota, `ARGV[1]` the limit, `ARGV[2]` the TTL in ms (from
+/// this slot on). Answers 1 when taken, 0 when every slot is held.
+static TAKE_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = tonumber(redis.call('GET', KEYS[1]) or '0')
+if held >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], tostring(held + 1), 'PX', ARGV[2])
+return 1
+",
+    )
+});
+
+/// Gives a quota slot back: `KEYS[1]` the quota; the count goes when it reaches zero.
+static GIVE_SLOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local held = tonumber(redis.call('GET', KEYS[1]) or '0')
+if held <= 1 then redis.call('DEL', KEYS[1]) return 0 end
+redis.call('SET', KEYS[1], tostring(held - 1), 'KEEPTTL')
+return held - 1
+",
+    )
+});
+
 /// Enrols a device: `KEYS[1]` the subject's registry (a hash: device → entry), `ARGV[1]` the
 /// device, `ARGV[2]` its entry, `ARGV[3]` the most devices. Answers 0 new, 1 already, 2 full.
 static ENROL_DEVICE: LazyLock<Script> = LazyLock::new(|| {
@@ -369,6 +394,20 @@ impl ReplayStore for RedisStore {
         let key = redis_key("revoked", mark);
         let mut invocation = REVOKE.key(key);
         invocation.arg(at).arg(millis(ttl));
+        self.call::<i64>(Request::Script(invocation))
+            .await
+            .map(drop)
+    }
+
+    async fn take_slot(&self, quota: &Key, limit: u32, ttl: Duration) -> Result<bool, StoreError> {
+        let mut invocation = TAKE_SLOT.key(redis_key("slots", quota));
+        invocation.arg(limit).arg(millis(ttl));
+        let taken: i64 = self.call(Request::Script(invocation)).await?;
+        Ok(taken == 1)
+    }
+
+    async fn give_slot(&self, quota: &Key) -> Result<(), StoreError> {
+        let invocation = GIVE_SLOT.key(redis_key("slots", quota));
         self.call::<i64>(Request::Script(invocation))
             .await
             .map(drop)
