@@ -7,6 +7,7 @@
 
 mod browser_step;
 mod context;
+mod enrol_step;
 mod forward;
 mod high_impact;
 mod respond;
@@ -30,7 +31,6 @@ use crate::browser::{Browser, CeremonyError};
 use crate::config::Config;
 use crate::confirm::Confirmer;
 use crate::decision::Decision;
-use crate::devices;
 use crate::forwarding::{ClientView, Peer};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -129,24 +129,8 @@ impl Gateway {
             return Ok(true);
         }
 
-        // 3. Device enrolment, the one endpoint of the gateway's own on the app origin.
-        if target.path() == devices::enroll::ENROLL_PATH {
-            let request = devices::enroll::Request {
-                request_id: &ctx.request_id,
-                target: &ctx.target,
-                external: Self::view(ctx)
-                    .external_uri(self.config.public_origin.as_ref(), target.path()),
-                client_ip: ctx.peer.ip,
-                trusted_peer: ctx.peer.trusted,
-            };
-            devices::enroll::serve(
-                session,
-                &self.confirmer,
-                &self.ledger,
-                &self.answers,
-                request,
-            )
-            .await?;
+        // 3. Device enrolment, the gateway's own endpoint on the app origin.
+        if self.enrol_step(session, ctx, &target).await? {
             return Ok(true);
         }
 
