@@ -491,6 +491,38 @@ mod without_a_browser {
     use support::send;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_navigation_without_a_session_gets_a_sign_in_page_and_the_app_nothing() {
+        let app = FormApp::start().await;
+        let gateway = Gateway::start_at(&config("required"), app.addr).await;
+        let url = format!("{}/users/42/delete", gateway.base);
+        let headers = [
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("sec-fetch-mode", "navigate"),
+        ];
+        let page = send(&url, "POST", &headers, Bytes::from_static(b"a=1")).await;
+        assert_eq!(page.status, 401);
+        assert_eq!(
+            page.header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        let html = String::from_utf8_lossy(&page.body);
+        assert!(html.contains("Sign in first"), "{html}");
+        assert!(html.contains(">no_session<"), "{html}");
+        let record = gateway.audit().pop().expect("the refusal is audited");
+        assert_eq!(record["event"], "rejected");
+        assert_eq!(record["reason"], "no_session");
+        assert_eq!(
+            record["request_id"].as_str(),
+            page.header("countersign-request-id")
+        );
+        // An API client without a session still gets the JSON refusal.
+        let api = send(&url, "POST", &headers[..1], Bytes::from_static(b"a=1")).await;
+        assert_eq!(api.status, 401);
+        assert_eq!(api.header("content-type"), Some("application/json"));
+        assert!(app.received_at("POST", "/users/42/delete").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_session_past_its_hold_quota_gets_a_refusal_page_and_the_app_nothing() {
         let app = FormApp::start().await;
         let yaml = config("required").replace(

@@ -544,13 +544,20 @@ impl Browser {
         )
     }
 
+    /// The refusal page of a navigation the gateway refuses on the app origin (no valid session,
+    /// a revoked one, policy or live risk), with its audit record.
+    pub fn refusal(&self, reason: Reason, record: Record) -> Answer {
+        self.refused(reason, record, None)
+    }
+
     /// A refusal page for a person, with its audit record.
     fn refused(&self, reason: Reason, mut record: Record, hold: Option<&Hold>) -> Answer {
         record.via = Some("browser".to_string());
         let status = match reason {
-            Reason::StoreUnavailable | Reason::AuditUnavailable => 503,
+            Reason::StoreUnavailable | Reason::AuditUnavailable | Reason::PolicyError => 503,
             Reason::TooManyChallenges => 429,
             Reason::NonceExpired => 404,
+            reason if reason.status() == 401 => 401,
             _ => 403,
         };
         let back = self.back(hold.and_then(|h| h.referer.as_deref()));

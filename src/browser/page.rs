@@ -244,6 +244,36 @@ pub fn refusal(reason: Reason, back: Option<&str>) -> Vec<u8> {
             "Cancelled",
             "Nothing was done. You can close this page or go back to the application.",
         ),
+        Reason::NoSession | Reason::InvalidSession | Reason::BearerNotAllowed => (
+            "Sign in first",
+            "This action needs a signed-in session of the application, and this request carries \
+             none that is valid. Sign in to the application, then start the action again.",
+        ),
+        Reason::SessionRevoked => (
+            "This session was ended",
+            "An administrator ended this session, so it cannot confirm actions any more. Sign in \
+             again, then start the action again.",
+        ),
+        Reason::PolicyDenied | Reason::PolicyError => (
+            "The policy does not allow this action",
+            "Your confirmation was checked, and the organisation's policy does not allow this \
+             action for you now. Nothing was done. Ask your administrator if you think it should.",
+        ),
+        Reason::RiskDenied => (
+            "This session moved to another network",
+            "This session confirmed actions from another network before, so the action was not \
+             done. Sign in again from this network, then start the action again.",
+        ),
+        Reason::StepUpRequired => (
+            "Sign in again to do this",
+            "This action needs a stronger or more recent sign-in than this session has. Sign in \
+             again, then start the action again.",
+        ),
+        Reason::TooManyChallenges => (
+            "Too many confirmations are waiting",
+            "This session has started more actions than it has confirmed. Finish or cancel them, \
+             or wait a minute, then start this one again.",
+        ),
         Reason::StoreUnavailable | Reason::AuditUnavailable => (
             "Confirmations are paused",
             "The gateway cannot record confirmations right now, so nothing was done. Try again \

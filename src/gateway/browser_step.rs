@@ -89,7 +89,8 @@ impl Gateway {
         record.request_id = Some(ctx.request_id.clone());
         // Revocation, policy and live risk apply to a passkey confirmation as to a DPoP one.
         if let Err(reason) = self.confirmer.refuse_revoked(&user).await {
-            self.refuse(session, ctx, record, reason).await?;
+            self.answer(session, ctx, browser.refusal(reason, record))
+                .await?;
             return Ok(true);
         }
         let client_ip = policy::client_address(
@@ -109,7 +110,8 @@ impl Gateway {
             set_cookie: Some(&resumed.clear_cookie),
         };
         if let Err(denial) = self.check_policy(&confirmed, &body, client_ip, &mut record) {
-            self.refuse(session, ctx, record, denial.reason).await?;
+            let answer = browser.refusal(denial.reason, record);
+            self.answer(session, ctx, answer).await?;
             return Ok(true);
         }
         self.forward_confirmed(session, ctx, record, confirmed, body)

@@ -37,6 +37,10 @@ impl Gateway {
         let req = session.req_header().clone();
         let mut record = self.audit_base(&req, ctx);
 
+        // A person in a browser is answered with pages; an API client with the DPoP exchange.
+        let navigation = browser::is_navigation(&req.headers) && !req.headers.contains_key("dpop");
+        let browser = self.browser.as_ref().filter(|_| navigation);
+
         // 1. Session.
         let user = match self.confirmer.session(&req.headers, ctx.peer.trusted) {
             Ok(user) => user,
@@ -45,7 +49,13 @@ impl Gateway {
                     .observe(session, ctx, &route, record, reason, read)
                     .await
             }
-            Err(reason) => return self.refuse(session, ctx, record, reason).await,
+            Err(reason) => match browser {
+                Some(browser) => {
+                    let answer = browser.refusal(reason, record);
+                    return self.answer(session, ctx, answer).await;
+                }
+                None => return self.refuse(session, ctx, record, reason).await,
+            },
         };
         record.subject = user.subject.clone();
         record.session = Some(user.id_hash());
@@ -79,8 +89,7 @@ impl Gateway {
         // 3. Confirmation; a browser navigation without a proof is held for a passkey instead.
         let view = Self::view(ctx);
         let public = self.config.public_origin.as_ref();
-        let navigation = browser::is_navigation(&req.headers) && !req.headers.contains_key("dpop");
-        if let Some(browser) = self.browser.as_ref().filter(|_| navigation) {
+        if let Some(browser) = browser {
             let held = browser::Held {
                 route: &route.name,
                 method: req.method.as_str(),
