@@ -376,22 +376,7 @@ impl Confirmer {
                 return Err(fail(Reason::DeviceMismatch));
             }
         }
-        let origin = match ex.client_ip {
-            Some(ip) => {
-                let (network, since) = self.store_call(
-                    self.store
-                        .record_origin(
-                            &store::key("origin", &[session.id.as_bytes()]),
-                            &policy::network(ip),
-                            crate::clock::now_secs(),
-                            self.binding_ttl,
-                        )
-                        .await,
-                )?;
-                Some(Origin { network, since })
-            }
-            None => None,
-        };
+        let origin = self.origin(session, ex.client_ip).await?;
         if let Some(origin) = &origin {
             if self.revoked(session, Some(origin.since)).await? {
                 return Err(fail(Reason::SessionRevoked));
@@ -406,14 +391,49 @@ impl Confirmer {
         })
     }
 
-    /// Refuses a session that was revoked (`session_revoked`), for confirmations that do not pass
-    /// [`Confirmer::decide`] (a passkey confirmation resumed in the browser).
-    pub async fn refuse_revoked(&self, session: &Session) -> Result<(), Reason> {
-        match self.revoked(session, None).await {
-            Ok(false) => Ok(()),
+    /// The checks of a confirmation that does not pass [`Confirmer::decide`] (a passkey
+    /// confirmation resumed in the browser): the session's binding origin, recorded on its first
+    /// confirmation from `client_ip`, for live risk; refused when the session was revoked.
+    pub async fn passkey_origin(
+        &self,
+        session: &Session,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Option<Origin>, Reason> {
+        let origin = self
+            .origin(session, client_ip)
+            .await
+            .map_err(Refusal::reason)?;
+        match self
+            .revoked(session, origin.as_ref().map(|o| o.since))
+            .await
+        {
+            Ok(false) => Ok(origin),
             Ok(true) => Err(Reason::SessionRevoked),
             Err(refusal) => Err(refusal.reason()),
         }
+    }
+
+    /// Where the session's binding was made: recorded on its first confirmation (the first one
+    /// wins), read on every later one.
+    async fn origin(
+        &self,
+        session: &Session,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Option<Origin>, Refusal> {
+        let Some(ip) = client_ip else {
+            return Ok(None);
+        };
+        let (network, since) = self.store_call(
+            self.store
+                .record_origin(
+                    &store::key("origin", &[session.id.as_bytes()]),
+                    &policy::network(ip),
+                    crate::clock::now_secs(),
+                    self.binding_ttl,
+                )
+                .await,
+        )?;
+        Ok(Some(Origin { network, since }))
     }
 
     /// Whether the session, or its subject since before the session started, was revoked. The

@@ -14,7 +14,7 @@ mod redis_support;
 
 use chromium::Chromium;
 use form_app::FormApp;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use support::Gateway;
 
@@ -220,6 +220,43 @@ async fn holds_ceremonies_and_resumes_live_in_redis_when_the_store_is_redis() {
     w.chromium.wait_for("document.getElementById('done')").await;
     assert_eq!(w.app.received_at("POST", "/users/42/delete").len(), 1);
     assert_eq!(last_with(&w.audit_events(), "accepted")["via"], "browser");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passkey_confirmation_from_another_network_is_denied_by_live_risk() {
+    // The gateway sits behind a proxy on loopback that names the client in X-Forwarded-For.
+    let yaml = format!(
+        "trusted_proxies: [\"127.0.0.1\"]\nrisk: {{ on_ip_change: deny }}\n{}",
+        config("required")
+    );
+    let mut w = World::start_with(&yaml).await;
+    w.chromium.add_authenticator(true).await;
+    let from = |ip: &str| json!({ "headers": { "X-Forwarded-For": ip } });
+    w.chromium.call("Network.enable", json!({})).await;
+    w.chromium
+        .call("Network.setExtraHTTPHeaders", from("192.0.2.10"))
+        .await;
+    w.sign_in().await;
+    w.delete_and_wait_for_confirmation().await;
+    w.chromium.click("#confirm").await;
+    w.chromium.wait_for("document.getElementById('done')").await;
+    assert_eq!(w.app.received_at("POST", "/users/42/delete").len(), 1);
+
+    // The same session, now from another network: the passkey confirms, the risk check refuses.
+    w.chromium
+        .call("Network.setExtraHTTPHeaders", from("198.51.100.20"))
+        .await;
+    let users = w.app_url("/users");
+    w.chromium.goto(&users).await;
+    w.delete_and_wait_for_confirmation().await;
+    w.chromium.click("#confirm").await;
+    w.chromium
+        .wait_for("document.body && document.body.innerText.includes('risk_denied')")
+        .await;
+    assert_eq!(w.app.received_at("POST", "/users/42/delete").len(), 1);
+    let refused = last_with(&w.audit_events(), "rejected");
+    assert_eq!(refused["reason"], "risk_denied", "{refused}");
+    assert_eq!(refused["via"], "browser");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

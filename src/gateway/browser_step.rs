@@ -88,17 +88,23 @@ impl Gateway {
         let mut record = resumed.record;
         record.request_id = Some(ctx.request_id.clone());
         // Revocation, policy and live risk apply to a passkey confirmation as to a DPoP one.
-        if let Err(reason) = self.confirmer.refuse_revoked(&user).await {
-            self.answer(session, ctx, browser.refusal(reason, record))
-                .await?;
-            return Ok(true);
-        }
         let client_ip = policy::client_address(
             ctx.peer.ip,
             ctx.peer.trusted,
             &held.headers,
             &self.config.trusted_proxies,
         );
+        let confirmation = match self.confirmer.passkey_origin(&user, client_ip).await {
+            Ok(origin) => Confirmation {
+                origin,
+                ..confirmation
+            },
+            Err(reason) => {
+                self.answer(session, ctx, browser.refusal(reason, record))
+                    .await?;
+                return Ok(true);
+            }
+        };
         let confirmed = Confirmed {
             req: &held,
             route: &route,
