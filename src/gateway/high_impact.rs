@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use sha2::{Digest, Sha256};
 
@@ -61,11 +62,11 @@ impl Gateway {
         record.session = Some(user.id_hash());
 
         // 2. Body, bounded.
-        let read = match read {
-            Some(read) => read,
-            None => read_body(session, &req, self.config.confirmation.max_body).await?,
-        };
-        let body = match read.complete(Reason::BodyTooLarge) {
+        let body = match self
+            .whole_body(session, &req, read)
+            .await?
+            .complete(Reason::BodyTooLarge)
+        {
             Ok(body) => body,
             Err(reason) => return self.refuse(session, ctx, record, reason).await,
         };
@@ -233,6 +234,19 @@ impl Gateway {
         }
     }
 
+    /// The request's body: as routing read it, or read now (bounded by `confirmation.max_body`).
+    async fn whole_body(
+        &self,
+        session: &mut Session,
+        req: &RequestHeader,
+        read: Option<BodyRead>,
+    ) -> pingora::Result<BodyRead> {
+        match read {
+            Some(read) => Ok(read),
+            None => read_body(session, req, self.config.confirmation.max_body).await,
+        }
+    }
+
     /// Observe mode: audits the request as `observed` with the reason it would have been
     /// refused, then forwards it unconfirmed. A body too large to read cannot be forwarded.
     async fn observe(
@@ -245,11 +259,11 @@ impl Gateway {
         read: Option<BodyRead>,
     ) -> pingora::Result<()> {
         let req = session.req_header().clone();
-        let read = match read {
-            Some(read) => read,
-            None => read_body(session, &req, self.config.confirmation.max_body).await?,
-        };
-        let body = match read.complete(Reason::BodyTooLarge) {
+        let body = match self
+            .whole_body(session, &req, read)
+            .await?
+            .complete(Reason::BodyTooLarge)
+        {
             Ok(body) => body,
             Err(reason) => return self.refuse(session, ctx, record, reason).await,
         };
