@@ -38,6 +38,8 @@ struct Settings {
     seconds: u64,
     clients: usize,
     memory_entries: u64,
+    /// Challenges of invented sessions sent from one client in the flood.
+    flood: u64,
     workers: &'static [usize],
     algs: &'static [ProofAlg],
 }
@@ -55,6 +57,7 @@ fn main() {
             seconds: env("LOAD_SECONDS", 5),
             clients: env("LOAD_CLIENTS", 16) as usize,
             memory_entries: env("MEMORY_ENTRIES", 1_000_000),
+            flood: env("FLOOD_CHALLENGES", 50_000),
             workers: &[1, 2],
             algs: &[ProofAlg::Es256, ProofAlg::EdDsa],
         }
@@ -63,6 +66,7 @@ fn main() {
             seconds: 0,
             clients: 2,
             memory_entries: 1_000,
+            flood: 1_200,
             workers: &[1],
             algs: &[ProofAlg::EdDsa],
         }
@@ -73,6 +77,7 @@ fn main() {
         .build()
         .expect("a tokio runtime starts");
     runtime.block_on(confirmations(&settings));
+    runtime.block_on(flood(&settings));
     runtime.block_on(memory(&settings));
 }
 
@@ -104,7 +109,7 @@ async fn confirmations(s: &Settings) {
     let mut parts = Vec::new();
     let sign = provenance_sign_seconds(s.seconds > 0);
     for &workers in s.workers {
-        let gateway = Gateway::start(dir.path(), upstream, workers).await;
+        let gateway = Gateway::start(dir.path(), upstream, workers, UNBOUNDED).await;
         for &alg in s.algs {
             let verify = raw_verify_seconds(alg, s.seconds > 0);
             let keys = keys(alg, s.clients);
@@ -172,6 +177,104 @@ async fn confirmations(s: &Settings) {
     println!();
 }
 
+/// A flood of challenges for invented cookie sessions from one client (cookie sessions cost
+/// nothing to invent), with the default quotas; then a confirmation by another client.
+async fn flood(s: &Settings) {
+    let upstream = upstream().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let gateway = Gateway::start(dir.path(), upstream, 1, "").await;
+    let addr = gateway.addr;
+    let before = gateway.rss_bytes();
+    let sent = Arc::new(AtomicU64::new(0));
+    let challenged = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|worker| {
+            let (sent, challenged) = (sent.clone(), challenged.clone());
+            let total = s.flood;
+            tokio::spawn(async move {
+                let mut sender = connect(addr, None).await;
+                loop {
+                    let n = sent.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        break;
+                    }
+                    let cookie = format!("flood-{worker}-{n}");
+                    sender.ready().await.expect("the connection stays open");
+                    let answer = sender
+                        .send_request(delete(addr, &cookie, n, None))
+                        .await
+                        .expect("the flood is answered");
+                    match answer.status().as_u16() {
+                        401 => {
+                            challenged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        429 => {}
+                        other => panic!("a flood request was answered {other}"),
+                    }
+                    let _ = answer.into_body().collect().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a flood task finishes");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = gateway.rss_bytes();
+    let challenged = challenged.load(Ordering::Relaxed);
+
+    // Another client (another loopback address) confirms an action.
+    let mut other = connect(addr, Some([127, 0, 0, 2].into())).await;
+    let key = DeviceKey::generate(ProofAlg::EdDsa).expect("a device key");
+    let confirmed = Instant::now();
+    confirm(&mut other, addr, &key, "legit-session", 7).await;
+    let confirmed = confirmed.elapsed();
+
+    println!("## A challenge flood from one client\n");
+    println!(
+        "{} unsigned DELETEs, each with a new invented session cookie, from 127.0.0.1 over 16 \
+         connections, default quotas (1024 per client network); then one confirmed action from \
+         127.0.0.2.\n",
+        s.flood
+    );
+    println!("| challenges issued | refused 429 | flood req/s | gateway RSS before → after | other client's confirmed action |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {challenged} | {} | {:.0} | {:.1} → {:.1} MiB | 200 in {:.1} ms |\n",
+        s.flood - challenged,
+        s.flood as f64 / seconds,
+        before as f64 / (1 << 20) as f64,
+        after as f64 / (1 << 20) as f64,
+        confirmed.as_secs_f64() * 1e3
+    );
+    assert_eq!(
+        challenged,
+        1024.min(s.flood),
+        "the client network's quota holds"
+    );
+}
+
+/// An HTTP/1.1 connection to the gateway, from `source` when given.
+async fn connect(addr: SocketAddr, source: Option<std::net::IpAddr>) -> SendRequest<Empty<Bytes>> {
+    let stream = match source {
+        None => TcpStream::connect(addr).await.expect("connect to gateway"),
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+            socket
+                .bind((ip, 0).into())
+                .expect("bind the source address");
+            socket.connect(addr).await.expect("connect to gateway")
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("an HTTP/1.1 connection");
+    tokio::spawn(conn);
+    sender
+}
+
 /// One device key per client.
 fn keys(alg: ProofAlg, clients: usize) -> Arc<Vec<DeviceKey>> {
     Arc::new(
@@ -205,15 +308,20 @@ struct Gateway {
     addr: SocketAddr,
 }
 
+/// Challenge quotas out of the way: the measuring clients share one address and send challenges
+/// they never answer.
+const UNBOUNDED: &str = "max_outstanding_per_session: 100000, max_outstanding_per_ip: 1000000";
+
 impl Gateway {
-    async fn start(dir: &Path, upstream: SocketAddr, workers: usize) -> Gateway {
+    /// A gateway with `workers` threads; `quotas` are `confirmation:` settings.
+    async fn start(dir: &Path, upstream: SocketAddr, workers: usize, quotas: &str) -> Gateway {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let config = dir.join(format!("gateway-{workers}.yaml"));
-        let audit = dir.join(format!("audit-{workers}.jsonl"));
+        let config = dir.join(format!("gateway-{port}.yaml"));
+        let audit = dir.join(format!("audit-{port}.jsonl"));
         std::fs::write(
             &config,
             format!(
@@ -222,7 +330,7 @@ server: {{ threads: {workers} }}
 upstreams:
   app: {{ address: "{upstream}" }}
 session: {{ kind: cookie, cookie: sid }}
-confirmation: {{ algs: [ES256, EdDSA], max_outstanding_per_session: 100000, max_outstanding_per_ip: 1000000 }}
+confirmation: {{ algs: [ES256, EdDSA], {quotas} }}
 audit: {{ path: "{}" }}
 routes:
   - {{ name: delete-user, match: {{ methods: [DELETE], path: "/api/users/{{id}}" }}, upstream: app, risk: high }}
@@ -247,6 +355,17 @@ routes:
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Gateway { child, addr }
+    }
+
+    /// The gateway process's resident memory.
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the gateway's /proc/<pid>/status is readable");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
     }
 
     fn cpu_seconds(&self) -> f64 {
@@ -312,13 +431,7 @@ async fn drive(
             tokio::spawn(async move {
                 let key = &keys[i];
                 let cookie = format!("bench-session-{i}-{}", key.jkt());
-                let stream = TcpStream::connect(addr).await.expect("connect to gateway");
-                let _ = stream.set_nodelay(true);
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .expect("an HTTP/1.1 connection");
-                tokio::spawn(conn);
+                let mut sender = connect(addr, None).await;
                 let mut n = 0u64;
                 while n < min || Instant::now() < deadline {
                     match step {
@@ -351,6 +464,7 @@ async fn confirm(
     let nonce = challenge(sender, addr, cookie, n).await;
     let htu = format!("http://{addr}/api/users/{n}");
     let proof = key.proof("DELETE", &htu, Some(&nonce), Some(cookie));
+    sender.ready().await.expect("the connection stays open");
     let confirmed = sender
         .send_request(delete(addr, cookie, n, Some(proof)))
         .await

@@ -9,7 +9,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use support::world::{assert_nonce_shape, ed25519, es256, hex, World};
-use support::{assert_metric, one_winner, race, send};
+use support::{assert_metric, one_winner, race, send, send_from};
 
 /// The session credential (cookie value) of most tests.
 const SID: &str = "alice-session-0f9a8c7e";
@@ -1996,4 +1996,54 @@ async fn invented_sessions_from_one_client_meet_its_network_quota() {
         ),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_invented_sessions_from_one_client_leaves_other_clients_confirming() {
+    // Default quotas: 1024 unconsumed challenges per client network.
+    let w = Arc::new(cookie_world("").await);
+    let flood = (0..16).map(|worker| {
+        let w = w.clone();
+        tokio::spawn(async move {
+            let (mut challenged, mut refused) = (0, 0);
+            for i in 0..125 {
+                let cookie = format!("sid=flood-{worker}-{i}");
+                let r = send(&w.url(USER), "DELETE", &[("cookie", &cookie)], Bytes::new()).await;
+                match r.status {
+                    401 => challenged += 1,
+                    429 => refused += 1,
+                    other => panic!("flood request answered {other}: {}", r.text()),
+                }
+            }
+            (challenged, refused)
+        })
+    });
+    let (mut challenged, mut refused) = (0, 0);
+    for worker in flood {
+        let (c, r) = worker.await.expect("flood worker");
+        challenged += c;
+        refused += r;
+    }
+    assert_eq!((challenged, refused), (1024, 2000 - 1024));
+
+    // Another client confirms as if nothing happened, and only its action reaches the upstream.
+    let other: std::net::IpAddr = "127.0.0.2".parse().expect("loopback");
+    let cookie = ("cookie", "sid=s-legit");
+    let r = send_from(other, &w.url(USER), "DELETE", &[cookie], Bytes::new()).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let nonce = r
+        .header("dpop-nonce")
+        .expect("a nonce for the other client");
+    let key = es256();
+    let proof = key.proof("DELETE", &w.url(USER), Some(nonce), Some("s-legit"));
+    let r = send_from(
+        other,
+        &w.url(USER),
+        "DELETE",
+        &[cookie, ("dpop", &proof)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(w.seen(), 1);
 }

@@ -373,9 +373,41 @@ impl Reply {
 
 /// Sends one request on a fresh connection; headers may repeat.
 pub async fn send(url: &str, method: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
+    send_via(None, url, method, headers, body).await
+}
+
+/// [`send`] from `source`, a loopback address other than 127.0.0.1: another client, as far as
+/// the gateway can tell.
+pub async fn send_from(
+    source: std::net::IpAddr,
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    send_via(Some(source), url, method, headers, body).await
+}
+
+async fn send_via(
+    source: Option<std::net::IpAddr>,
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
     let uri: hyper::Uri = url.parse().expect("test url");
     let authority = uri.authority().expect("authority").to_string();
-    let stream = TcpStream::connect(&authority).await.expect("connect");
+    let stream = match source {
+        None => TcpStream::connect(&authority).await.expect("connect"),
+        Some(ip) => {
+            let peer: std::net::SocketAddr = authority.parse().expect("an IP authority");
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind((ip, 0).into())
+                .expect("bind the source address");
+            socket.connect(peer).await.expect("connect")
+        }
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
