@@ -85,6 +85,9 @@ pub enum SettingError {
     /// The directory of the upgrade socket.
     #[error("server.upgrade_sock: {0}")]
     UpgradeSock(FileError),
+    /// The confirmation listener's certificate or key.
+    #[error("browser.tls: {0}")]
+    BrowserTls(FileError),
 }
 
 /// A file or directory that is unreadable or not what it must be.
@@ -335,8 +338,25 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "countersign");
     proxy.add_tcp(&config.listen);
-    if let Some(listen) = config.browser.as_ref().and_then(|b| b.listen.as_ref()) {
-        proxy.add_tcp(listen);
+    if let Some(browser) = &config.browser {
+        match (&browser.listen, &browser.tls) {
+            (Some(listen), Some(tls)) => {
+                let setting = |source: SettingError| BuildError::Setting {
+                    file: config.source.display().to_string(),
+                    source,
+                };
+                check_tls(tls).map_err(|e| setting(SettingError::BrowserTls(e)))?;
+                let (cert, key) = (
+                    tls.cert.display().to_string(),
+                    tls.key.display().to_string(),
+                );
+                proxy.add_tls(listen, &cert, &key).map_err(|e| {
+                    setting(SettingError::BrowserTls(FileError::Unfit(e.to_string())))
+                })?;
+            }
+            (Some(listen), None) => proxy.add_tcp(listen),
+            (None, _) => {}
+        }
     }
     server.add_service(proxy);
     if let Some(m) = &config.metrics {
@@ -409,6 +429,30 @@ fn check_listen(file: &str, field: &'static str, address: &str) -> Result<(), Bu
         address: address.to_string(),
         source,
     })
+}
+
+/// The confirmation listener's certificate file must hold a PEM certificate and its key file a
+/// PEM private key, so a wrong file stops the start with its name.
+fn check_tls(tls: &crate::config::TlsFiles) -> Result<(), FileError> {
+    let holds = |path: &Path, tags: &[&str], what: &str| {
+        let text = std::fs::read(path).map_err(FileError::io(path))?;
+        let blocks = pem::parse_many(&text)
+            .map_err(|e| FileError::Unfit(format!("{} is not PEM: {e}", path.display())))?;
+        if blocks.iter().any(|b| tags.contains(&b.tag())) {
+            Ok(())
+        } else {
+            Err(FileError::Unfit(format!(
+                "{} holds no {what}",
+                path.display()
+            )))
+        }
+    };
+    holds(&tls.cert, &["CERTIFICATE"], "CERTIFICATE")?;
+    holds(
+        &tls.key,
+        &["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"],
+        "PRIVATE KEY",
+    )
 }
 
 /// A CA bundle must hold at least one PEM certificate: Pingora's TLS connector panics on one

@@ -136,3 +136,101 @@ fn an_unusable_ca_bundle_stops_the_start_with_its_field() {
         .to_string();
     assert!(err.contains("upstream_ca_file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_confirmation_origin_can_have_a_tls_listener_of_its_own() {
+    let upstream = support::Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let (cert_path, key_path) = (
+        dir.path().join("confirm.pem"),
+        dir.path().join("confirm.key"),
+    );
+    std::fs::write(&cert_path, cert.cert.pem()).expect("cert file");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("key file");
+    let own = support::free_port();
+    let yaml = format!(
+        "public_origin: \"http://127.0.0.1:{{port}}\"\nbrowser:\n  origin: \"https://localhost:{own}\"\n  listen: \"127.0.0.1:{own}\"\n  tls: {{ cert: \"{}\", key: \"{}\" }}\nupstreams: {{ app: {{ address: \"{{upstream}}\" }} }}\nsession: {{ kind: cookie, cookie: sid }}\nroutes:\n  - {{ name: all, match: {{ path: \"/{{*rest}}\" }}, upstream: app, risk: low }}\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    let _gateway = Gateway::start(&yaml, &upstream).await;
+
+    // A browser trusting the certificate gets the confirmation origin's own script over TLS.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(cert.cert.der().to_vec()))
+        .expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", own))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .expect("the listener speaks TLS with the configured certificate");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let request = Request::get("/confirm/app.js")
+        .header("host", format!("localhost:{own}"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let reply = sender.send_request(request).await.expect("response");
+    assert_eq!(reply.status(), 200);
+    let javascript = reply
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/javascript"));
+    assert!(javascript);
+    // Plain HTTP is not served there: the answer, if any, is no HTTP response.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", own))
+        .await
+        .expect("connect");
+    plain
+        .write_all(b"GET /confirm/app.js HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let read = plain.read_to_end(&mut answer);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+    assert_eq!(upstream.count(), 0, "nothing reached the app");
+}
+
+#[test]
+fn a_tls_listener_needs_its_own_listen_address_and_an_https_origin() {
+    let base = "listen: \"127.0.0.1:8080\"\npublic_origin: \"http://127.0.0.1:8080\"\nupstreams: { app: { address: \"127.0.0.1:9000\" } }\nsession: { kind: cookie, cookie: sid }\nroutes:\n  - { name: all, match: { path: \"/{*rest}\" }, upstream: app, risk: low }\n";
+    let parse = |browser: &str| {
+        countersign::config::parse(&format!("{base}{browser}"), std::path::Path::new("t.yaml"))
+    };
+    let tls = "  tls: { cert: c.pem, key: k.pem }\n";
+    let err = parse(&format!(
+        "browser:\n  origin: \"https://localhost:8443\"\n{tls}"
+    ))
+    .expect_err("tls without listen");
+    assert_eq!(err.path, "browser.tls");
+    assert!(
+        err.message.contains("needs browser.listen"),
+        "{}",
+        err.message
+    );
+    let err = parse(&format!(
+        "browser:\n  origin: \"http://localhost:8443\"\n  listen: \"127.0.0.1:8443\"\n{tls}"
+    ))
+    .expect_err("tls with an http origin");
+    assert!(err.message.contains("https://"), "{}", err.message);
+    parse(&format!(
+        "browser:\n  origin: \"https://localhost:8443\"\n  listen: \"127.0.0.1:8443\"\n{tls}"
+    ))
+    .expect("tls on its own listener");
+}

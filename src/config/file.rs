@@ -21,7 +21,7 @@ use serde_path_to_error::Segment;
 use super::{
     AuditConfig, BrowserConfig, Config, ConfigError, ConfirmationConfig, CookieJwtSubject,
     DeviceBinding, InvalidValue, JwtKeys, LogConfig, MetricsConfig, ProvenanceConfig, PublicOrigin,
-    ServerConfig, SessionConfig, SessionKind, StoreConfig, Upstream, UpstreamScheme,
+    ServerConfig, SessionConfig, SessionKind, StoreConfig, TlsFiles, Upstream, UpstreamScheme,
     UserVerification,
 };
 use std::sync::Arc;
@@ -589,6 +589,18 @@ struct FileBrowser {
     rp_id: Option<String>,
     user_verification: Option<FileUserVerification>,
     hold_ttl: Option<Parsed<Duration>>,
+    tls: Option<FileTls>,
+}
+
+/// `browser.tls`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping like { cert: /etc/countersign/confirm.pem, key: /etc/countersign/confirm.key }"
+)]
+struct FileTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 /// `browser.user_verification`.
@@ -639,8 +651,22 @@ impl FileBrowser {
                 rp_id
             }
         };
+        let tls =
+            match self.tls {
+                None => None,
+                Some(_) if self.listen.is_none() => return invalid(
+                    "browser.tls",
+                    "needs browser.listen: TLS is served on the confirmation origin's own listener",
+                ),
+                Some(_) if origin.scheme != "https" => return invalid(
+                    "browser.tls",
+                    "needs an https:// browser.origin: the browser reaches the listener over TLS",
+                ),
+                Some(FileTls { cert, key }) => Some(TlsFiles { cert, key }),
+            };
         Ok(BrowserConfig {
             origin,
+            tls,
             listen: self.listen.map(|Parsed(a)| a.to_string()),
             rp_id,
             user_verification: match self.user_verification {

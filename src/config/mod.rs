@@ -93,6 +93,17 @@ pub struct BrowserConfig {
     pub user_verification: UserVerification,
     /// How long a held action waits for its confirmation.
     pub hold_ttl: Duration,
+    /// TLS on `listen` (`browser.tls`).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// Its PKCS#8 or SEC 1 private key.
+    pub key: PathBuf,
 }
 
 /// `browser.user_verification`.
