@@ -5,6 +5,7 @@
 //! resolved path) is matched too, and a high-impact match wins.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Method;
 
@@ -217,6 +218,15 @@ fn is_param_name(name: &str) -> bool {
 #[error("{0}")]
 pub struct TemplateError(pub String);
 
+/// `routes[i].require`: RFC 9470 step-up for `bearer_jwt` sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUp {
+    /// Accepted `acr` values; empty accepts any.
+    pub acr: Vec<String>,
+    /// Oldest accepted `auth_time`.
+    pub max_age: Option<Duration>,
+}
+
 /// One configured route.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -238,7 +248,7 @@ pub struct Route {
     /// Whether WebSocket upgrades may pass (`websocket: true`, low-risk routes only).
     pub websocket: bool,
     /// RFC 9470 step-up required of `bearer_jwt` sessions (`require:`).
-    pub require: Option<crate::policy::StepUp>,
+    pub require: Option<StepUp>,
 }
 
 impl Route {

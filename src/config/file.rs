@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use crate::alg::ProofAlg;
 use crate::conditions::{Allowed, Conditions};
-use crate::policy::{Engine, OnIpChange, RiskConfig, StepUp};
-use crate::routes::{PathTemplate, Risk, Route, RouteTable};
+use crate::policy::{Engine, OnIpChange, RiskConfig};
+use crate::routes::{PathTemplate, Risk, Route, RouteTable, StepUp};
 
 /// The field path of an error about the document as a whole.
 const ROOT: &str = "(root)";

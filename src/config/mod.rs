@@ -14,6 +14,10 @@ use ipnet::IpNet;
 use crate::alg::ProofAlg;
 use crate::routes::RouteTable;
 
+pub use crate::session::{
+    CookieJwtSubject, DeviceBinding, JwtKeys, SessionConfig, SessionKind, UpstreamScheme,
+};
+
 pub use file::{load, parse};
 pub use units::{parse_duration, parse_size, InvalidValue};
 
@@ -162,109 +166,6 @@ pub struct Upstream {
     pub read_timeout: Duration,
     /// Reuse connections to it (default true); `false` sends `Connection: close` on every request.
     pub keepalive: bool,
-}
-
-/// `session:`.
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    /// Where the credential is and how it is verified.
-    pub kind: SessionKind,
-    /// How `Authorization: DPoP` is presented upstream.
-    pub upstream_scheme: UpstreamScheme,
-    /// How long a first-use device binding lasts (default 12 h).
-    pub binding_ttl: Duration,
-    /// Accept `Authorization: Bearer` for tokens without `cnf` (default false).
-    pub allow_bearer_scheme: bool,
-    /// Header an upstream auth proxy sets with the subject; trusted only from `trusted_proxies`
-    /// (`session.subject_header`, or `session.subject_from: { header }`).
-    pub subject_header: Option<String>,
-    /// The token claim listing the subject's groups (default `groups`).
-    pub groups_claim: String,
-    /// `session.subject_from: { cookie_jwt_claim }`: the session cookie is a JWT, verified with
-    /// these keys, and this claim names the subject.
-    pub subject_from_cookie_jwt: Option<CookieJwtSubject>,
-    /// Which device keys may confirm for a session (`session.binding`, default `first_use`).
-    pub binding: DeviceBinding,
-    /// Most devices enrolled per subject (`session.max_devices`, default 16).
-    pub max_devices: usize,
-    /// How long a `countersign devices invite` code can be redeemed (default 15 min).
-    pub invite_ttl: Duration,
-}
-
-/// `session.binding`: which device keys may confirm for a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceBinding {
-    /// The first key (or passkey) that confirms binds to the session; others are refused.
-    FirstUse,
-    /// Only devices enrolled for the session's subject confirm.
-    Enrolled,
-}
-
-impl DeviceBinding {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceBinding::FirstUse => "first_use",
-            DeviceBinding::Enrolled => "enrolled",
-        }
-    }
-}
-
-/// Where a cookie session's subject comes from when the cookie is a JWT.
-#[derive(Debug, Clone)]
-pub struct CookieJwtSubject {
-    /// The claim holding the subject, e.g. `sub` or `email`.
-    pub claim: String,
-    /// Verification keys.
-    pub keys: JwtKeys,
-    /// Required `iss`.
-    pub issuer: Option<String>,
-    /// Required `aud`.
-    pub audience: Option<String>,
-}
-
-/// `session.kind` and its parameters.
-#[derive(Debug, Clone)]
-pub enum SessionKind {
-    /// `Authorization: DPoP <jwt>`.
-    BearerJwt {
-        /// Verification keys.
-        keys: JwtKeys,
-        /// Required `iss`.
-        issuer: Option<String>,
-        /// Required `aud`.
-        audience: Option<String>,
-    },
-    /// Cookie named `session.cookie`.
-    Cookie {
-        /// Cookie name.
-        name: String,
-    },
-    /// Header named `session.header`.
-    Header {
-        /// Header name, lower case.
-        name: String,
-    },
-}
-
-/// Where session JWT keys come from.
-#[derive(Debug, Clone)]
-pub enum JwtKeys {
-    /// `session.jwks_file`.
-    JwksFile(PathBuf),
-    /// `session.public_key_pem`.
-    PublicKeyPem(PathBuf),
-    /// `session.hs256_secret_env`: the variable's name.
-    Hs256Env(String),
-}
-
-/// `session.upstream_scheme`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamScheme {
-    /// Rewrite `Authorization: DPoP` to `Bearer` (default).
-    Bearer,
-    /// Forward the scheme unchanged.
-    Dpop,
 }
 
 /// `confirmation:`.

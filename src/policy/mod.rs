@@ -13,19 +13,10 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 
 use crate::reason::Reason;
-use crate::routes::Route;
+use crate::routes::{Route, StepUp};
 use crate::session::Session;
 
 pub use cedar::{Engine, EvalError, PolicyError, Verdict};
-
-/// `routes[i].require`: RFC 9470 step-up for `bearer_jwt` sessions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepUp {
-    /// Accepted `acr` values; empty accepts any.
-    pub acr: Vec<String>,
-    /// Oldest accepted `auth_time`.
-    pub max_age: Option<Duration>,
-}
 
 /// `risk.on_ip_change`: what a high-impact request from another network than the one its session
 /// was bound from gets.
