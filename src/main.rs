@@ -143,8 +143,9 @@ enum DevicesCommand {
         /// The subject, as sessions name it (`sub`, or the subject header or claim).
         #[arg(long)]
         subject: String,
-        /// The key's thumbprint, as `countersign keygen` prints it.
-        #[arg(long)]
+        /// The key's thumbprint, as `countersign keygen` prints it (base64url: it may start
+        /// with `-`).
+        #[arg(long, allow_hyphen_values = true)]
         jkt: String,
     },
     /// List the devices enrolled for a subject, with who enrolled them and when.
@@ -165,7 +166,7 @@ enum DevicesCommand {
         #[arg(long)]
         subject: String,
         /// The device: a key thumbprint, or `webauthn:<credential id>` for a passkey.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         jkt: String,
     },
     /// Print a one-time code (valid `session.invite_ttl`, 15 min by default) that a new device

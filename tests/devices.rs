@@ -553,6 +553,14 @@ fn the_cli_refuses_the_memory_store_clearly() {
             "--jkt",
             "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I",
         ],
+        // A thumbprint is base64url: one that starts with `-` is a value, not an option.
+        vec![
+            "remove",
+            "--subject",
+            "alice",
+            "--jkt",
+            "-nZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4",
+        ],
         vec!["invite", "--subject", "alice"],
     ] {
         let out = cli(&path, &args);
