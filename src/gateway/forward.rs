@@ -168,8 +168,7 @@ impl Gateway {
                 match confirmed {
                     Some(c) => self.finish_head(&mut pending, c, ctx).await,
                     None => {
-                        let req = session.req_header().clone();
-                        self.rewrite_urls(&mut pending.head, route, &req, ctx);
+                        self.rewrite_urls(&mut pending.head, route, session.req_header(), ctx);
                         let _ = pending
                             .head
                             .insert_header("countersign-request-id", ctx.request_id.as_str());
