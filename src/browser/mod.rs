@@ -557,7 +557,8 @@ impl Browser {
             Reason::StoreUnavailable | Reason::AuditUnavailable | Reason::PolicyError => 503,
             Reason::TooManyChallenges => 429,
             Reason::NonceExpired => 404,
-            reason if reason.status() == 401 => 401,
+            // No valid session: the person must sign in to the app first.
+            Reason::NoSession | Reason::InvalidSession | Reason::BearerNotAllowed => 401,
             _ => 403,
         };
         let back = self.back(hold.and_then(|h| h.referer.as_deref()));
