@@ -406,6 +406,53 @@ fn a_field_repeated_with_different_values_is_refused() {
     assert!(guard.decide(&facts_for(&form, &route, &user)).is_err());
 }
 
+/// A request carries only the facts some policy reads; whichever way a policy reads one (`.`,
+/// `[".."]`, `has`, through an entity literal, or the whole context record) it is there.
+#[test]
+fn a_fact_is_there_however_a_policy_reads_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let user = session(
+        Some("alice"),
+        json!({"sub": "alice", "dept": "ops", "acr": "phr", "groups": ["sre"]}),
+    );
+    let route = route(ROTATE.0, ROTATE.1);
+    let case = cases().remove(6);
+    let decide = |rule: &str| {
+        let file = write(
+            dir.path(),
+            "p.cedar",
+            &format!("permit(principal, action, resource);\n@id(\"rule\")\nforbid(principal, action, resource) when {{ {rule} }};\n"),
+        );
+        let engine = Arc::new(Engine::load(Path::new(&file), None, &[]).expect("policy loads"));
+        let guard = Guard::new(Some(engine), RiskConfig::default(), "groups");
+        guard
+            .decide(&facts_for(&case, &route, &user))
+            .map_err(|d| d.policies)
+    };
+    let forbidden = Err(vec!["rule".to_string()]);
+    for rule in [
+        r#"context["client_ip"].isInRange(ip("192.0.2.0/24"))"#,
+        r#"context has session.acr && context.session.acr == "phr""#,
+        r#"principal.claims.dept == "ops""#,
+        r#"User::"alice".claims has dept"#,
+        r#"context.device == "device-jkt" && context.method == "POST""#,
+        r#"resource.path like "/api/secrets/*""#,
+        r#"principal in Group::"sre""#,
+        // The whole record: a context missing any fact would equal this one.
+        r#"context != {"time": context.time}"#,
+    ] {
+        assert_eq!(decide(rule), forbidden, "{rule}");
+    }
+    // The same facts, absent or different, forbid nothing.
+    assert!(decide(r#"principal.claims.dept == "hr""#).is_ok());
+    assert!(decide(r#"principal in Group::"dba""#).is_ok());
+    assert!(decide(r#"Group::"sre" has name"#).is_ok());
+    assert!(
+        decide(r#"context == {}"#).is_ok(),
+        "the context is never empty"
+    );
+}
+
 #[test]
 fn a_template_with_slots_is_refused_at_load() {
     let dir = tempfile::tempdir().expect("temp dir");

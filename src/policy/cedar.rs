@@ -6,12 +6,14 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use cedar_policy::{
     Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
     PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
+use serde_json::Value;
 
 /// Why the policy could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,7 @@ pub enum PolicyError {
 pub struct Engine {
     policies: PolicySet,
     authorizer: Authorizer,
+    reads: Reads,
     /// The file, for messages.
     pub source: PathBuf,
 }
@@ -120,10 +123,16 @@ impl Engine {
             }
         }
         Ok(Engine {
+            reads: Reads::of(&policies),
             policies,
             authorizer: Authorizer::new(),
             source: cedar.to_path_buf(),
         })
+    }
+
+    /// The attributes the loaded policies can read.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     /// Evaluates one request. Any evaluation error is an error (the gateway fails closed), even
@@ -131,14 +140,11 @@ impl Engine {
     pub fn authorize(&self, query: Query) -> Result<Verdict, EvalError> {
         let eval = |e: &dyn std::fmt::Display| EvalError(e.to_string());
         let (uid, attrs, parents) = query.principal;
-        let mut entities =
-            vec![Entity::new(uid.clone(), attrs, parents.clone()).map_err(|e| eval(&e))?];
-        // Groups are entities too, so `principal in Group::"sre"` works.
-        entities.extend(
-            parents
-                .into_iter()
-                .map(|g| Entity::new_no_attrs(g, HashSet::new())),
-        );
+        // The groups are the principal's parents, so `principal in Group::"sre"` works. They
+        // are not entities of their own: Cedar answers `in` from the principal's ancestors, a
+        // group has no attributes to read, and each entity costs its share of the transitive
+        // closure Cedar computes per request.
+        let mut entities = vec![Entity::new(uid.clone(), attrs, parents).map_err(|e| eval(&e))?];
         let (resource, resource_attrs) = query.resource;
         entities.push(
             Entity::new(resource.clone(), resource_attrs, HashSet::new()).map_err(|e| eval(&e))?,
@@ -166,11 +172,117 @@ impl Engine {
     }
 }
 
-/// An entity uid of `kind` (one of the fixed, valid type names below) and `id`.
-pub fn uid(kind: &str, id: &str) -> EntityUid {
-    // The type names are fixed identifiers; an id may be any string.
-    let kind = EntityTypeName::from_str(kind).expect("entity type names are fixed identifiers");
-    EntityUid::from_type_name_and_id(kind, EntityId::new(id))
+/// The entity types the gateway builds.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// `User::"<sub>"`.
+    User,
+    /// `Group::"<name>"`.
+    Group,
+    /// `Session::"<hash>"`, a session that names no subject.
+    Session,
+    /// `Target::"<path>"`.
+    Target,
+    /// `Action::"<route>"`.
+    Action,
+}
+
+/// Each type name parsed once: Cedar's parser costs microseconds per call.
+static TYPE_NAMES: LazyLock<[EntityTypeName; 5]> = LazyLock::new(|| {
+    ["User", "Group", "Session", "Target", "Action"]
+        .map(|name| EntityTypeName::from_str(name).expect("entity type names are identifiers"))
+});
+
+/// An entity uid of `kind` and `id` (any string).
+pub fn uid(kind: Kind, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(TYPE_NAMES[kind as usize].clone(), EntityId::new(id))
+}
+
+/// Which attributes the loaded policies can read, found once at load, so a request builds only
+/// those: building the claims record or the `ipaddr` value no policy reads is most of an
+/// evaluation's cost.
+///
+/// Exact, because Cedar has no computed attribute names: an attribute is read only by `.name`,
+/// `["name"]` or `has name` with its name written in the policy. An entity's attributes are read
+/// only that way; the context record can also be used whole (`context == {...}`), so its keys are
+/// narrowed only when every use of `context` reads one key.
+#[derive(Debug, Clone)]
+pub struct Reads {
+    /// Every attribute name read anywhere, on any entity or record; `None`: unknown, all of them.
+    attrs: Option<HashSet<String>>,
+    /// The context keys read; `None` when `context` is used whole (or unknown).
+    context: Option<HashSet<String>>,
+}
+
+impl Reads {
+    fn of(policies: &PolicySet) -> Reads {
+        let mut reads = Reads {
+            attrs: Some(HashSet::new()),
+            context: Some(HashSet::new()),
+        };
+        for policy in policies.policies() {
+            match policy.to_json() {
+                Ok(json) => reads.walk(&json),
+                // Not analysable: build everything.
+                Err(_) => {
+                    return Reads {
+                        attrs: None,
+                        context: None,
+                    }
+                }
+            }
+        }
+        reads
+    }
+
+    /// Whether an entity attribute `name` may be read.
+    pub fn attr(&self, name: &str) -> bool {
+        self.attrs.as_ref().is_none_or(|names| names.contains(name))
+    }
+
+    /// Whether the context key `name` may be read.
+    pub fn context(&self, name: &str) -> bool {
+        self.context.as_ref().is_none_or(|keys| keys.contains(name))
+    }
+
+    /// Collects attribute reads from a policy's JSON form (Cedar's EST): `{".": {left, attr}}`,
+    /// `{"has": {left, attr}}` (`attr` a name or, for `has a.b`, a list) and `{"Var": "context"}`.
+    fn walk(&mut self, node: &Value) {
+        match node {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    if key == "." || key == "has" {
+                        if let (Some(left), Some(attr)) = (value.get("left"), value.get("attr")) {
+                            let names: Vec<&str> = match attr {
+                                Value::String(name) => vec![name.as_str()],
+                                Value::Array(list) => {
+                                    list.iter().filter_map(Value::as_str).collect()
+                                }
+                                _ => Vec::new(),
+                            };
+                            if let Some(attrs) = &mut self.attrs {
+                                attrs.extend(names.iter().map(|n| n.to_string()));
+                            }
+                            if left.get("Var").and_then(Value::as_str) == Some("context") {
+                                if let (Some(keys), Some(first)) =
+                                    (&mut self.context, names.first())
+                                {
+                                    keys.insert(first.to_string());
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    if key == "Var" && value.as_str() == Some("context") {
+                        self.context = None;
+                    }
+                    self.walk(value);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| self.walk(item)),
+            _ => {}
+        }
+    }
 }
 
 fn read(path: &Path) -> Result<String, PolicyError> {

@@ -5,9 +5,9 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::RestrictedExpression as Expr;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::cedar::{uid, Query};
+use super::cedar::{uid, Kind, Query, Reads};
 use super::Facts;
 
 /// Deepest JSON nesting turned into Cedar records; deeper values are left out.
@@ -19,10 +19,12 @@ const MAX_DEPTH: usize = 16;
 #[error("field {0:?} repeated with different values")]
 pub struct Ambiguous(String);
 
-/// The Cedar query for `facts`; `Err` when the query or form repeats a field with
-/// different values, which no policy can decide on (the upstream may read either).
+/// The Cedar query for `facts`, with the attributes `reads` says a policy can read; `Err` when
+/// the query or form repeats a field with different values, which no policy can decide on (the
+/// upstream may read either).
 pub fn query(
     facts: &Facts<'_>,
+    reads: &Reads,
     groups_claim: &str,
     ip_changed: bool,
     network: Option<&str>,
@@ -41,19 +43,23 @@ pub fn query(
     let principal = match &session.subject {
         Some(sub) => {
             let mut attrs = HashMap::new();
-            attrs.insert("sub".to_string(), Expr::new_string(sub.clone()));
-            attrs.insert(
-                "groups".to_string(),
-                Expr::new_set(groups.iter().cloned().map(Expr::new_string)),
-            );
-            let claim_record = claims.and_then(|c| record(c.iter(), 0));
-            attrs.insert("claims".to_string(), claim_record.unwrap_or_else(empty));
-            let parents: HashSet<_> = groups.iter().map(|g| uid("Group", g)).collect();
-            (uid("User", sub), attrs, parents)
+            if reads.attr("sub") {
+                attrs.insert("sub".to_string(), Expr::new_string(sub.clone()));
+            }
+            if reads.attr("groups") {
+                let names = groups.iter().cloned().map(Expr::new_string);
+                attrs.insert("groups".to_string(), Expr::new_set(names));
+            }
+            if reads.attr("claims") {
+                let claim_record = claims.and_then(|c| record(c.iter(), 0));
+                attrs.insert("claims".to_string(), claim_record.unwrap_or_else(empty));
+            }
+            let parents: HashSet<_> = groups.iter().map(|g| uid(Kind::Group, g)).collect();
+            (uid(Kind::User, sub), attrs, parents)
         }
         // A session that names no subject is its own principal.
         None => (
-            uid("Session", &session.id_hash()),
+            uid(Kind::Session, &session.id_hash()),
             HashMap::new(),
             HashSet::new(),
         ),
@@ -61,37 +67,51 @@ pub fn query(
 
     let (path, query_text) = facts.target.split_once('?').unwrap_or((facts.target, ""));
     let mut resource_attrs = HashMap::new();
-    resource_attrs.insert("path".to_string(), Expr::new_string(path.to_string()));
-    resource_attrs.insert(
-        "params".to_string(),
-        Expr::new_record(
-            params(facts.route.template.as_str(), path)
-                .into_iter()
-                .map(|(k, v)| (k, Expr::new_string(v))),
-        )
-        .unwrap_or_else(|_| empty()),
-    );
-
-    let mut context = vec![
-        (
-            "method".to_string(),
-            Expr::new_string(facts.method.to_string()),
-        ),
-        (
-            "target".to_string(),
-            Expr::new_string(facts.target.to_string()),
-        ),
-        ("query".to_string(), fields(query_text.as_bytes())?),
-        ("body".to_string(), body(facts)?),
-        (
-            "device".to_string(),
-            Expr::new_string(facts.device.to_string()),
-        ),
-        ("time".to_string(), time(now)),
-    ];
-    if let Some(ip) = facts.client_ip {
-        context.push(("client_ip".to_string(), Expr::new_ip(ip.to_string())));
+    if reads.attr("path") {
+        resource_attrs.insert("path".to_string(), Expr::new_string(path.to_string()));
     }
+    if reads.attr("params") {
+        let values = params(facts.route.template.as_str(), path);
+        let record = Expr::new_record(values.into_iter().map(|(k, v)| (k, Expr::new_string(v))));
+        resource_attrs.insert("params".to_string(), record.unwrap_or_else(|_| empty()));
+    }
+
+    // A field repeated with different values is refused whether or not a policy reads it.
+    let query = fields(query_text.as_bytes())?;
+    let body = body(facts, reads.context("body"))?;
+    let mut context: Vec<(String, Expr)> = Vec::new();
+    let mut put = |key: &str, value: &dyn Fn() -> Expr| {
+        if reads.context(key) {
+            context.push((key.to_string(), value()));
+        }
+    };
+    put("method", &|| Expr::new_string(facts.method.to_string()));
+    put("target", &|| Expr::new_string(facts.target.to_string()));
+    put("device", &|| Expr::new_string(facts.device.to_string()));
+    put("time", &|| time(now));
+    if let Some(ip) = facts.client_ip {
+        put("client_ip", &|| Expr::new_ip(ip.to_string()));
+    }
+    put("session", &|| session_facts(facts, claims, now));
+    put("risk", &|| risk_facts(facts, ip_changed, network));
+    if reads.context("query") {
+        context.push(("query".to_string(), query));
+    }
+    if reads.context("body") {
+        context.push(("body".to_string(), body));
+    }
+
+    Ok(Query {
+        principal,
+        action: uid(Kind::Action, &facts.route.name),
+        resource: (uid(Kind::Target, path), resource_attrs),
+        context,
+    })
+}
+
+/// `context.session`: hash, age, and the token's `auth_time`, `acr` and `amr` when it has them.
+fn session_facts(facts: &Facts<'_>, claims: Option<&Map<String, Value>>, now: i64) -> Expr {
+    let session = facts.session;
     let mut session_facts = vec![("hash".to_string(), Expr::new_string(session.id_hash()))];
     let iat = claims.and_then(|c| c.get("iat")).and_then(Value::as_i64);
     let started = iat.or(facts.origin.map(|o| o.since as i64));
@@ -119,10 +139,11 @@ pub fn query(
         })
         .unwrap_or_default();
     session_facts.push(("amr".to_string(), Expr::new_set(amr)));
-    context.push((
-        "session".to_string(),
-        Expr::new_record(session_facts).unwrap_or_else(|_| empty()),
-    ));
+    Expr::new_record(session_facts).unwrap_or_else(|_| empty())
+}
+
+/// `context.risk`: whether the network changed, the current one and the one first bound.
+fn risk_facts(facts: &Facts<'_>, ip_changed: bool, network: Option<&str>) -> Expr {
     let mut risk = vec![("ip_changed".to_string(), Expr::new_bool(ip_changed))];
     if let Some(network) = network {
         risk.push(("network".to_string(), Expr::new_string(network.to_string())));
@@ -133,17 +154,7 @@ pub fn query(
             Expr::new_string(origin.network.clone()),
         ));
     }
-    context.push((
-        "risk".to_string(),
-        Expr::new_record(risk).unwrap_or_else(|_| empty()),
-    ));
-
-    Ok(Query {
-        principal,
-        action: uid("Action", &facts.route.name),
-        resource: (uid("Target", path), resource_attrs),
-        context,
-    })
+    Expr::new_record(risk).unwrap_or_else(|_| empty())
 }
 
 fn empty() -> Expr {
@@ -167,8 +178,9 @@ fn time(now: i64) -> Expr {
 }
 
 /// The body's fields: a JSON object, or an `application/x-www-form-urlencoded` form; an empty
-/// record otherwise.
-fn body(facts: &Facts<'_>) -> Result<Expr, Ambiguous> {
+/// record otherwise. With `build: false` (no policy reads the body) a form is only checked for
+/// ambiguous fields.
+fn body(facts: &Facts<'_>, build: bool) -> Result<Expr, Ambiguous> {
     let media = facts
         .content_type
         .map(|c| {
@@ -182,7 +194,7 @@ fn body(facts: &Facts<'_>) -> Result<Expr, Ambiguous> {
     if media == "application/x-www-form-urlencoded" {
         return fields(facts.body);
     }
-    if media == "application/json" || media.ends_with("+json") {
+    if build && (media == "application/json" || media.ends_with("+json")) {
         if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(facts.body) {
             return Ok(record(map.iter(), 0).unwrap_or_else(empty));
         }

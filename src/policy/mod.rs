@@ -212,6 +212,7 @@ impl Guard {
         };
         let query = facts::query(
             facts,
+            engine.reads(),
             &self.groups_claim,
             ip_changed,
             current.as_deref(),
