@@ -47,6 +47,9 @@ pub struct Confirmation {
     /// registry entry's source (`operator`, `invite`, `device:<jkt>`); `None` when no device
     /// check applied (an invite redemption, where the key is the one being enrolled).
     pub enrolment: Option<String>,
+    /// Whether the proof signed its action (`cs_ach`): its response carries the session's next
+    /// open nonce, so the client's next confirmation needs no challenge.
+    pub next_nonce: bool,
 }
 
 /// Which device keys a decision accepts.
@@ -341,16 +344,37 @@ impl Confirmer {
         let Some(presented) = proof.nonce.as_deref() else {
             return Err(fail(Reason::NonceMissing));
         };
-        let taken = self.store_call(
-            self.store
-                .take_nonce(&nonce::key(presented), &action.binding(), &proof.jkt)
-                .await,
-        )?;
+        // One round trip (docs/protocol.md): a proof that signs its action (`cs_ach`) may answer
+        // the session's open nonce as well as one bound to this action.
+        let signs_action = match (proof.action_hash.as_deref(), action.hash()) {
+            (Some(claimed), Some(expected)) => {
+                if !bool::from(claimed.as_bytes().ct_eq(expected.as_bytes())) {
+                    return Err(fail(Reason::ActionMismatch));
+                }
+                true
+            }
+            _ => false,
+        };
+        let nonce_key = nonce::key(presented);
+        let take = |binding: [u8; 32]| {
+            let (store, key, jkt) = (&self.store, &nonce_key, &proof.jkt);
+            async move { store.take_nonce(key, &binding, jkt).await }
+        };
+        let mut open = signs_action;
+        let mut taken = if open {
+            self.store_call(take(nonce::Action::open(&session.id)).await)?
+        } else {
+            self.store_call(take(action.binding()).await)?
+        };
+        if open && matches!(taken, Take::Mismatch) {
+            open = false;
+            taken = self.store_call(take(action.binding()).await)?;
+        }
         let chain = match taken {
             Take::Consumed(chain) => {
                 // A challenge's slots are free again; a continuation nonce (one with a chain)
-                // took none.
-                if chain.is_none() {
+                // and an open one took none.
+                if chain.is_none() && !open {
                     self.quotas.give(&session.id, ex.client_ip).await;
                 }
                 chain
@@ -388,6 +412,7 @@ impl Confirmer {
             chain,
             origin,
             enrolment,
+            next_nonce: signs_action,
         })
     }
 
@@ -539,6 +564,24 @@ impl Confirmer {
                 chain: Some(Chain { root, parent }),
             },
             self.config.continuation_ttl,
+        )
+        .await
+    }
+
+    /// A nonce for any one action of the session, from the device that confirmed: the client's
+    /// next proof binds the action itself (`cs_ach`).
+    pub async fn open_nonce(
+        &self,
+        session_id: &str,
+        confirmation: &Confirmation,
+    ) -> Result<Challenge, Reason> {
+        self.issue(
+            NonceRecord {
+                action: nonce::Action::open(session_id),
+                device: Some(confirmation.jkt.clone()),
+                chain: None,
+            },
+            self.config.nonce_ttl,
         )
         .await
     }

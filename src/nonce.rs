@@ -4,6 +4,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 
 use crate::store::{self, Key};
 
@@ -25,6 +26,22 @@ pub struct Action<'a> {
 }
 
 impl Action<'_> {
+    /// `cs_ach`, the action a client binds in its proof for one round trip (docs/protocol.md):
+    /// base64url SHA-256 of the method, LF, the target, LF, the body's lowercase hex SHA-256. It
+    /// covers no method override: a request that stands for another method has no such hash.
+    pub fn hash(&self) -> Option<String> {
+        if !self.overrides.is_empty() {
+            return None;
+        }
+        Some(action_hash(self.method, self.target, self.body_sha256))
+    }
+
+    /// The digest a nonce for any action of the session is bound to: one the proof's `cs_ach`
+    /// binds to its action instead.
+    pub fn open(session_id: &str) -> [u8; 32] {
+        store::key("open-action", &[session_id.as_bytes()])
+    }
+
     /// The digest a nonce is bound to.
     pub fn binding(&self) -> [u8; 32] {
         store::key(
@@ -38,6 +55,18 @@ impl Action<'_> {
             ],
         )
     }
+}
+
+/// `cs_ach` of a request: base64url SHA-256 of `method` LF `target` LF the lowercase hex SHA-256
+/// of its body.
+pub fn action_hash(method: &str, target: &str, body_sha256: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(method.as_bytes());
+    h.update(b"\n");
+    h.update(target.as_bytes());
+    h.update(b"\n");
+    h.update(hex::encode(body_sha256).as_bytes());
+    URL_SAFE_NO_PAD.encode(h.finalize())
 }
 
 /// A fresh, unpredictable nonce.

@@ -25,6 +25,9 @@ pub const MAX_PROOF_LEN: usize = 8 * 1024;
 /// Longest accepted `jti`, in bytes.
 pub const MAX_JTI_LEN: usize = 256;
 
+/// Longest accepted `cs_ach` (a base64url SHA-256 is 43 characters).
+const MAX_ACTION_HASH_LEN: usize = 64;
+
 /// Header parameters that locate a key elsewhere; a proof carries its key in `jwk` only (RFC 9449 §4.2).
 const KEY_REFERENCES: [&str; 4] = ["jku", "x5u", "x5c", "kid"];
 
@@ -58,6 +61,9 @@ pub struct VerifiedProof {
     pub nonce: Option<String>,
     /// Hash of the session credential the proof is bound to.
     pub ath: String,
+    /// `cs_ach`: the hash of the exact action the proof signs (docs/protocol.md, "One round
+    /// trip"), when the client binds it itself.
+    pub action_hash: Option<String>,
 }
 
 impl VerifiedProof {
@@ -134,6 +140,11 @@ pub fn verify(dpop_headers: &[&[u8]], check: &ProofCheck) -> Result<VerifiedProo
         Some(Value::String(nonce)) => Some(nonce),
         Some(_) => return Err(Reason::MissingClaim),
     };
+    let action_hash = match claims.remove("cs_ach") {
+        None => None,
+        Some(Value::String(hash)) if hash.len() <= MAX_ACTION_HASH_LEN => Some(hash),
+        Some(_) => return Err(Reason::MissingClaim),
+    };
 
     // RFC 9449 §4.3 (8): the method, exactly (RFC 9110 §9.1: methods are case-sensitive).
     if htm != check.method {
@@ -156,6 +167,7 @@ pub fn verify(dpop_headers: &[&[u8]], check: &ProofCheck) -> Result<VerifiedProo
         iat,
         nonce,
         ath,
+        action_hash,
     })
 }
 

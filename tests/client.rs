@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -132,6 +133,64 @@ async fn request_confirms_a_high_impact_action_and_a_second_device_is_refused() 
     let last = gw.audit().pop().expect("audit record");
     assert_eq!(last["event"], "rejected");
     assert_eq!(last["reason"], "device_mismatch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_with_a_nonce_file_confirms_the_next_action_in_one_round_trip() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (key, _) = keygen(dir.path(), "k.pem");
+    let nonces = dir.path().join("nonce");
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(WORLD, &upstream).await;
+    for id in [1, 2, 3] {
+        let url = format!("{}/api/users/{id}", gw.base);
+        let nonce_file = nonces.display().to_string();
+        let request = ["request", "-X", "DELETE", &url, "--cookie", "sid=alice-1"];
+        let list = [&request[..], &["--nonce-file", &nonce_file]].concat();
+        let out = countersign(args(&list, &key)).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mode = std::fs::metadata(&nonces)
+            .expect("the next nonce is kept")
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the nonce file is the owner's only");
+    }
+    assert_eq!(upstream.seen().len(), 3);
+    gw.wait_for_audit(|r| r["event"] == "completed" && r["target"] == "/api/users/3")
+        .await;
+    let challenged = gw
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "challenged")
+        .count();
+    assert_eq!(challenged, 1, "only the first action needed a challenge");
+
+    // A spent or foreign nonce in the file costs one challenge, and the file is renewed.
+    std::fs::write(&nonces, "not-a-nonce-of-this-gateway").expect("write");
+    let url = format!("{}/api/users/4", gw.base);
+    let nonce_file = nonces.display().to_string();
+    let list = [
+        "request",
+        "-X",
+        "DELETE",
+        &url,
+        "--cookie",
+        "sid=alice-1",
+        "--nonce-file",
+        &nonce_file,
+    ];
+    let out = countersign(args(&list, &key)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(upstream.seen().len(), 4);
+    let kept = std::fs::read_to_string(&nonces).expect("renewed");
+    assert_eq!(kept.len(), 43, "{kept}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

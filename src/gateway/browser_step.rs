@@ -84,6 +84,7 @@ impl Gateway {
             chain: None,
             origin: None,
             enrolment: None,
+            next_nonce: false,
         };
         let mut record = resumed.record;
         record.request_id = Some(ctx.request_id.clone());

@@ -223,7 +223,8 @@ impl Gateway {
     }
 
     /// Rewrites the response head of a confirmed request: URLs, the confirmation id, a session
-    /// rotation carry-over and, for a redirect to another high-impact action, a continuation nonce.
+    /// rotation carry-over and, for a redirect to another high-impact action, a continuation nonce
+    /// (else, for a proof that signed its action, the session's next open nonce).
     async fn finish_head(&self, pending: &mut Pending, c: &Confirmed<'_>, ctx: &RequestCtx) {
         let head = &mut pending.head;
         self.rewrite_urls(head, c.route, c.req, ctx);
@@ -250,9 +251,38 @@ impl Gateway {
             }
         }
 
-        let Some(location) = head.headers.get("location").and_then(|v| v.to_str().ok()) else {
-            return;
+        let nonce = match self.continuation_nonce(head, c, ctx, &session_id).await {
+            Some(nonce) => Some(nonce),
+            // One round trip: the client that signed its action gets the session's next nonce.
+            None if c.confirmation.next_nonce => {
+                match self.confirmer.open_nonce(&session_id, c.confirmation).await {
+                    Ok(challenge) => Some(challenge.nonce),
+                    Err(reason) => {
+                        tracing::warn!(reason = reason.as_str(), "no next nonce issued");
+                        None
+                    }
+                }
+            }
+            None => None,
         };
+        if let Some(nonce) = nonce {
+            let _ = head.insert_header("dpop-nonce", nonce);
+            let _ = head.insert_header(
+                "access-control-expose-headers",
+                "DPoP-Nonce, Countersign-Confirmation-Id",
+            );
+        }
+    }
+
+    /// For a redirect to another high-impact action, a continuation nonce bound to the follow-up.
+    async fn continuation_nonce(
+        &self,
+        head: &ResponseHeader,
+        c: &Confirmed<'_>,
+        ctx: &RequestCtx,
+        session_id: &str,
+    ) -> Option<String> {
+        let location = head.headers.get("location").and_then(|v| v.to_str().ok())?;
         let base = Self::view(ctx).base(self.config.public_origin.as_ref());
         let answered = Answered {
             method: c.req.method.as_str(),
@@ -261,11 +291,9 @@ impl Gateway {
         };
         let status = head.status.as_u16();
         let routes = &self.config.routes;
-        let Some(next) = continuation::follow_up(status, location, &base, answered, routes) else {
-            return;
-        };
+        let next = continuation::follow_up(status, location, &base, answered, routes)?;
         let follow_up = Action {
-            session_id: &session_id,
+            session_id,
             method: next.method,
             overrides: "",
             target: &next.target,
@@ -276,14 +304,11 @@ impl Gateway {
             .continuation(c.confirmation, &follow_up)
             .await
         {
-            Ok(challenge) => {
-                let _ = head.insert_header("dpop-nonce", challenge.nonce);
-                let _ = head.insert_header(
-                    "access-control-expose-headers",
-                    "DPoP-Nonce, Countersign-Confirmation-Id",
-                );
+            Ok(challenge) => Some(challenge.nonce),
+            Err(reason) => {
+                tracing::warn!(reason = reason.as_str(), "no continuation nonce issued");
+                None
             }
-            Err(reason) => tracing::warn!(reason = reason.as_str(), "no continuation nonce issued"),
         }
     }
 }

@@ -140,6 +140,19 @@ impl DeviceKey {
         nonce: Option<&str>,
         credential: Option<&str>,
     ) -> String {
+        self.action_proof(method, url, nonce, credential, None)
+    }
+
+    /// A proof that also signs its exact action: `action_hash` is the `cs_ach` claim
+    /// (`nonce::action_hash`), which lets it answer a session's open nonce (one round trip).
+    pub fn action_proof(
+        &self,
+        method: &str,
+        url: &str,
+        nonce: Option<&str>,
+        credential: Option<&str>,
+        action_hash: Option<&str>,
+    ) -> String {
         let iat = crate::clock::now_secs();
         let mut claims = Map::new();
         // RFC 9449 §4.2: a unique identifier with at least 96 bits of randomness; 128 here.
@@ -155,6 +168,9 @@ impl DeviceKey {
         }
         if let Some(credential) = credential {
             claims.insert("ath".into(), Value::String(crate::session::ath(credential)));
+        }
+        if let Some(hash) = action_hash {
+            claims.insert("cs_ach".into(), Value::String(hash.to_owned()));
         }
         let header = json!({"typ": "dpop+jwt", "alg": self.alg.as_str(), "jwk": self.public_jwk});
         self.sign_jws(&header, &Value::Object(claims))

@@ -7,8 +7,10 @@
 
 use bytes::Bytes;
 use countersign::alg::ProofAlg;
+use countersign::nonce::action_hash;
 use countersign::tools::device_key::DeviceKey;
 use serde_json::Value;
+use sha2::Digest;
 
 use super::lenient::RawReply;
 use super::{send, Gateway, Reply, Upstream};
@@ -166,6 +168,22 @@ impl Request<'_> {
     /// [`Request::signed`], for another `htu`.
     pub fn signed_for(self, htu: &str, key: &DeviceKey, nonce: &str) -> Self {
         let proof = key.proof(&self.method, htu, Some(nonce), self.credential.as_deref());
+        self.dpop(&proof)
+    }
+
+    /// With a proof by `key` over `nonce` that also signs this exact action (`cs_ach`: method,
+    /// target, body), as a one-round-trip client sends it.
+    pub fn signed_action(self, key: &DeviceKey, nonce: &str) -> Self {
+        let body_sha256: [u8; 32] = sha2::Sha256::digest(&self.body).into();
+        let hash = action_hash(&self.method, &self.target, &body_sha256);
+        self.signed_hash(key, nonce, &hash)
+    }
+
+    /// A proof by `key` over `nonce` carrying `cs_ach: hash`, whatever the request is.
+    pub fn signed_hash(self, key: &DeviceKey, nonce: &str, hash: &str) -> Self {
+        let htu = self.world.htu(&self.target);
+        let credential = self.credential.as_deref();
+        let proof = key.action_proof(&self.method, &htu, Some(nonce), credential, Some(hash));
         self.dpop(&proof)
     }
 

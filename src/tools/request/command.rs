@@ -1,7 +1,7 @@
 //! The `countersign request` verb: its arguments, and printing what came back.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
@@ -49,6 +49,10 @@ pub struct RequestArgs {
     /// Follow redirects to the same origin, signing with the continuation nonce they carry.
     #[arg(short = 'L', long)]
     pub location: bool,
+    /// Keep the session's next nonce in FILE: the next `request` with the same FILE, session and
+    /// key confirms in one round trip, without a challenge (docs/protocol.md, "One round trip").
+    #[arg(long)]
+    pub nonce_file: Option<PathBuf>,
 }
 
 /// Why `countersign request` did not succeed.
@@ -81,6 +85,12 @@ pub enum RequestError {
     /// The response could not be written out.
     #[error("writing the response: {0}")]
     Output(std::io::Error),
+    /// The nonce file could not be read or written.
+    #[error("{path}: {source}")]
+    NonceFile {
+        path: String,
+        source: std::io::Error,
+    },
     /// The gateway or the upstream refused; the text names the reason.
     #[error("{0}")]
     Refused(String),
@@ -168,6 +178,10 @@ pub fn run(args: RequestArgs) -> Result<(), RequestError> {
         body,
         credential,
         follow: args.location,
+        nonce: match &args.nonce_file {
+            Some(path) => read_nonce(path)?,
+            None => None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -195,9 +209,54 @@ pub fn run(args: RequestArgs) -> Result<(), RequestError> {
             out.flush().map_err(RequestError::Output)?;
         }
     }
+    if let Some(path) = &args.nonce_file {
+        keep_nonce(path, &response)?;
+    }
     match response.refusal() {
         Some(refusal) => Err(RequestError::Refused(refusal)),
         None => Ok(()),
+    }
+}
+
+/// The nonce an earlier response left in `path`; none when there is no file yet.
+fn read_nonce(path: &Path) -> Result<Option<String>, RequestError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text.trim().to_owned()).filter(|n| !n.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(RequestError::NonceFile {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Keeps the response's next nonce in `path` (owner-only), or removes the spent one.
+fn keep_nonce(path: &Path, response: &Response) -> Result<(), RequestError> {
+    let error = |source| RequestError::NonceFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let next = response
+        .headers
+        .get("dpop-nonce")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| response.refusal().is_none());
+    match next {
+        Some(nonce) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(error)?;
+            file.write_all(nonce.as_bytes()).map_err(error)
+        }
+        None => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(error(e)),
+            _ => Ok(()),
+        },
     }
 }
 

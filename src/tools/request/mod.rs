@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 
 use crate::tools::device_key::DeviceKey;
@@ -80,6 +81,8 @@ pub struct Request {
     pub credential: Option<Credential>,
     /// Follow redirects (`-L`).
     pub follow: bool,
+    /// A session nonce from an earlier response, to confirm in one round trip (`--nonce-file`).
+    pub nonce: Option<String>,
 }
 
 /// The final response.
@@ -206,8 +209,9 @@ pub async fn exchange(
         mut body,
         credential,
         follow,
+        nonce,
     } = request;
-    let mut nonce: Option<String> = None;
+    let mut nonce = nonce;
     for _ in 0..=MAX_REDIRECTS {
         let mut response = send_signed(
             key,
@@ -271,11 +275,17 @@ async fn send_signed(
         credential.attach(&mut headers)?;
     }
     if let Some(nonce) = nonce {
-        let proof = key.proof(
+        // The proof signs the exact action too (`cs_ach`), so the response's next nonce can
+        // confirm the next action without a challenge.
+        let target = url.path_and_query().map_or("/", |p| p.as_str());
+        let body_sha256: [u8; 32] = Sha256::digest(body).into();
+        let action_hash = crate::nonce::action_hash(method.as_str(), target, &body_sha256);
+        let proof = key.action_proof(
             method.as_str(),
             &htu(url),
             Some(&nonce),
             credential.as_ref().map(Credential::value),
+            Some(&action_hash),
         );
         let proof = HeaderValue::try_from(proof).map_err(|_| ClientError::CredentialValue)?;
         headers.insert("dpop", proof);
