@@ -1,6 +1,7 @@
 //! The load harness: confirmed actions end to end through the release gateway binary, the
 //! gateway's CPU per action next to the signature verification each action needs, and the memory
-//! store's bytes per entry and behaviour at its bound.
+//! store's bytes per entry and behaviour at its bound, and what a client waits for with and
+//! without one-round-trip confirmations.
 //!
 //! `cargo bench --bench load` measures (about a minute) and prints Markdown tables. Without
 //! `--bench` (as `cargo test --all-targets` runs it) it does a smoke run of a few requests.
@@ -79,6 +80,7 @@ fn main() {
     runtime.block_on(confirmations(&settings));
     runtime.block_on(flood(&settings));
     runtime.block_on(memory(&settings));
+    runtime.block_on(round_trips(measuring));
 }
 
 /// What one client iteration sends.
@@ -680,4 +682,111 @@ async fn memory(s: &Settings) {
     );
     assert!(refused, "a full store must refuse new nonces");
     assert_eq!(kept, room, "a full store must not evict outstanding nonces");
+}
+
+/// What a client waits for: a confirmed action in two steps (challenge, signed retry) next to one
+/// round trip with the session's next nonce (`cs_ach`), alternating, through a relay that adds
+/// `rtt` to every round trip. `countersign request`'s own client, a fresh connection per request.
+async fn round_trips(measuring: bool) {
+    use countersign::tools::request::{exchange, Credential, Request as Action};
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let gateway = Gateway::start(dir.path(), upstream().await, 1, UNBOUNDED).await;
+    let samples = if measuring { 25 } else { 2 };
+    println!("\n## Client-visible latency of one confirmed action (median of {samples})\n");
+    println!("| added RTT | two steps (challenge + signed retry) | one round trip (next nonce) |");
+    println!("|---|---|---|");
+    for rtt in [Duration::from_millis(1), Duration::from_millis(50)] {
+        let relay = delaying_relay(gateway.addr, rtt).await;
+        let key = DeviceKey::generate(ProofAlg::Es256).expect("a device key");
+        let cookie = format!("rt-{}", rtt.as_millis());
+        let action = |n: u64, nonce: Option<String>| Action {
+            method: http::Method::DELETE,
+            url: format!("http://{relay}/api/users/{n}")
+                .parse()
+                .expect("a URL"),
+            headers: http::HeaderMap::new(),
+            body: Bytes::new(),
+            credential: Some(Credential::Cookie {
+                name: "sid".into(),
+                value: cookie.clone(),
+            }),
+            follow: false,
+            nonce,
+        };
+        let (mut two, mut one) = (Vec::new(), Vec::new());
+        for n in 0..samples {
+            let started = Instant::now();
+            let r = exchange(&key, action(n, None), |_| {})
+                .await
+                .expect("two steps");
+            two.push(started.elapsed());
+            assert_eq!(r.status, 200, "two steps confirmed");
+            let next = r.headers.get("dpop-nonce").and_then(|v| v.to_str().ok());
+            let next = next.expect("the next nonce").to_owned();
+            let started = Instant::now();
+            let r = exchange(&key, action(n, Some(next)), |_| {})
+                .await
+                .expect("one round trip");
+            one.push(started.elapsed());
+            assert_eq!(r.status, 200, "one round trip confirmed");
+        }
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2].as_secs_f64() * 1e3
+        };
+        println!(
+            "| {} ms | {:.1} ms | {:.1} ms |",
+            rtt.as_millis(),
+            median(two),
+            median(one)
+        );
+    }
+}
+
+/// A loopback TCP relay to `to` that delivers every chunk `rtt / 2` after it arrived, in each
+/// direction (latency, not bandwidth).
+async fn delaying_relay(to: SocketAddr, rtt: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("the relay binds");
+    let addr = listener.local_addr().expect("the relay has an address");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(to).await else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(delayed_copy(client_read, server_write, rtt / 2));
+            tokio::spawn(delayed_copy(server_read, client_write, rtt / 2));
+        }
+    });
+    addr
+}
+
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, Vec<u8>)>(256);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            let due = Instant::now() + delay;
+            if n == 0 || tx.send((due, buf[..n].to_vec())).await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some((due, bytes)) = rx.recv().await {
+        tokio::time::sleep_until(due.into()).await;
+        if to.write_all(&bytes).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
