@@ -10,6 +10,7 @@
 //! Pingora: every step returns an [`Answer`] (and its audit record) for the gateway to write.
 
 mod ceremony;
+mod enrol;
 pub mod hold;
 pub mod page;
 
@@ -24,6 +25,7 @@ use crate::audit::Record;
 use crate::config::{BrowserConfig, ConfirmationConfig, PublicOrigin, SessionConfig};
 use crate::decision::Decision;
 use crate::devices::Registry;
+use crate::ledger::Ledger;
 use crate::quota::Quotas;
 use crate::reason::Reason;
 use crate::session::Session as UserSession;
@@ -92,6 +94,8 @@ pub struct Browser {
     listen: Option<SocketAddr>,
     /// Holds outstanding per session and per client network.
     quotas: Quotas,
+    /// Passkey enrolments outstanding per session and per client network.
+    enrol_quotas: Quotas,
 }
 
 impl Browser {
@@ -110,6 +114,13 @@ impl Browser {
             confirmation.max_outstanding_per_ip,
             config.hold_ttl,
         );
+        let enrol_quotas = Quotas::new(
+            store.clone(),
+            "quota-enrol",
+            confirmation.max_outstanding_per_session,
+            confirmation.max_outstanding_per_ip,
+            enrol::ENROL_TTL,
+        );
         let devices = Registry::new(store.clone(), session.max_devices);
         let ceremonies = Ceremonies::new(
             &config,
@@ -125,6 +136,7 @@ impl Browser {
         let listen = config.listen.as_deref().and_then(|l| l.parse().ok());
         Ok(Browser {
             quotas,
+            enrol_quotas,
             listen,
             config,
             public_origin,
@@ -200,10 +212,22 @@ impl Browser {
         }
     }
 
-    /// Answers a request to the confirmation origin.
-    pub async fn confirmation_origin(&self, method: &str, path: &str, body: &[u8]) -> Answer {
+    /// Answers a request to the confirmation origin. A passkey enrolment writes its
+    /// `device_enrolled` record itself, in `ledger` (it is undone when that fails).
+    pub async fn confirmation_origin(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        ledger: &Ledger,
+        request_id: &str,
+    ) -> Answer {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
+            (_, ["enrol", rest @ ..]) => {
+                self.enrol_origin(method, rest, body, ledger, request_id)
+                    .await
+            }
             ("GET", ["confirm", "app.js"]) => self.static_answer("text/javascript", page::SCRIPT),
             ("GET", ["confirm", "app.css"]) => self.static_answer("text/css", page::stylesheet()),
             ("GET" | "HEAD", ["confirm", "refused", reason]) => {
