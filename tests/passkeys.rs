@@ -514,3 +514,76 @@ async fn the_enrol_address_needs_a_session_that_names_a_subject() {
     assert!(page.text().contains("width=device-width"));
     w.assert_app_saw_no_enrolment();
 }
+
+/// Holds the page's `create` until the test sets `window.__go`: the test changes authenticators
+/// between the vouching passkey's assertion and the new passkey's creation.
+const HOLD_CREATE: &str = r#"(function () {
+  var create = navigator.credentials.create.bind(navigator.credentials);
+  navigator.credentials.create = function (o) {
+    window.__waiting = true;
+    return new Promise(function (resolve) {
+      var t = setInterval(function () {
+        if (window.__go) { clearInterval(t); resolve(create(o)); }
+      }, 50);
+    });
+  };
+  return true;
+})()"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_passkey_vouches_for_a_new_one_and_nothing_else_does() {
+    let mut w = World::start().await;
+    let phone = w.chromium.add_authenticator(true).await;
+    w.sign_in().await;
+    let voucher = w.enrol_with_invite("alice").await;
+
+    // The enrolled passkey (say, on a phone) vouches; the laptop's authenticator creates the new
+    // one: enrolled by device:<voucher>, with no invite at all.
+    w.open_enrol_page().await;
+    w.chromium.eval(HOLD_CREATE).await;
+    w.chromium.click("#vouch").await;
+    w.chromium.wait_for("window.__waiting").await;
+    w.chromium.remove_authenticator(&phone).await;
+    let laptop = w.chromium.add_authenticator(true).await;
+    w.chromium.eval("window.__go = true").await;
+    w.chromium
+        .wait_for("document.getElementById('enrolled')")
+        .await;
+    let enrolled = last_with(&w.gateway.audit(), "device_enrolled");
+    assert_eq!(enrolled["by"], format!("device:{voucher}"), "{enrolled}");
+    assert_eq!(enrolled["via"], "browser");
+    let device = enrolled["device"].as_str().expect("device").to_string();
+    assert_ne!(device, voucher);
+    support::assert_metric(
+        &w.gateway.metrics().await,
+        "countersign_device_enrolments_total{source=\"device\"} 1",
+    );
+
+    // The new passkey confirms, and its confirmations say where its trust came from.
+    w.delete_and_confirm().await;
+    w.chromium.wait_for("document.getElementById('done')").await;
+    assert_eq!(w.deletes(), 1);
+    let accepted = last_with(&w.gateway.audit(), "accepted");
+    let credential = accepted["credential_id"].as_str().unwrap_or_default();
+    assert_eq!(format!("webauthn:{credential}"), device);
+    assert_eq!(accepted["enrolment"], format!("device:{voucher}"));
+
+    // A passkey that is not enrolled cannot vouch, even from a browser that offers it anyway.
+    w.chromium.remove_authenticator(&laptop).await;
+    let stranger = w.chromium.add_authenticator(true).await;
+    add_resident_passkey(&mut w.chromium, &stranger).await;
+    w.open_enrol_page().await;
+    w.chromium.eval(IGNORE_ALLOWED).await;
+    w.chromium.click("#vouch").await;
+    assert_eq!(refusal_reason(&mut w.chromium).await, "device_not_enrolled");
+    let rejected = last_with(&w.gateway.audit(), "rejected");
+    assert_eq!(rejected["route"], "countersign-devices-enroll");
+    assert_eq!(rejected["reason"], "device_not_enrolled");
+    assert!(rejected["credential_id"].is_string(), "{rejected}");
+    let enrolments = w.gateway.audit();
+    let enrolments = enrolments
+        .iter()
+        .filter(|r| r["event"] == "device_enrolled");
+    assert_eq!(enrolments.count(), 2);
+    w.assert_app_saw_no_enrolment();
+}
