@@ -391,22 +391,90 @@ impl Redis {
             .and_then(|v| v.trim().parse().ok())
     }
 
-    /// Calls so far of each command (`INFO commandstats`), `info` itself left out.
-    fn calls(&self) -> Vec<(String, u64)> {
-        let text = self.info("commandstats").unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = stats
-                    .strip_prefix("calls=")?
-                    .split(',')
-                    .next()?
-                    .parse()
-                    .ok()?;
-                Some((name.to_string(), calls))
-            })
-            .filter(|(name, _)| name != "info")
-            .collect()
+    /// Watches every command the server runs (`MONITOR`), on a thread of its own.
+    fn monitor(&self) -> Option<Monitor> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.write_all(b"*1\r\n$7\r\nMONITOR\r\n").ok()?;
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stream);
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
+                if let Ok(mut seen) = seen.lock() {
+                    seen.push(line.trim_end().to_string());
+                }
+                line.clear();
+            }
+        });
+        let monitor = Monitor {
+            lines,
+            port: self.port,
+        };
+        // MONITOR answers +OK first; then every command, ours included.
+        monitor.mark("start");
+        Some(monitor)
+    }
+}
+
+/// The commands a Redis server ran, as `MONITOR` reports them.
+struct Monitor {
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    port: u16,
+}
+
+impl Monitor {
+    /// Sends `ECHO <name>` and waits until the monitor saw it: the commands before it are done.
+    fn mark(&self, name: &str) {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            let echo = format!("*2\r\n$4\r\nECHO\r\n${}\r\n{name}\r\n", name.len());
+            let _ = s.write_all(echo.as_bytes());
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+        }
+        let wanted = format!("\"ECHO\" \"{name}\"");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self
+                .lines
+                .lock()
+                .is_ok_and(|l| l.iter().any(|l| l.ends_with(&wanted)))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The commands clients sent (Lua's own calls inside a script left out) between the marks
+    /// `from` and `to`, by name.
+    fn between(&self, from: &str, to: &str) -> Vec<(String, u64)> {
+        let lines = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
+        let at = |name: &str| {
+            let wanted = format!("\"ECHO\" \"{name}\"");
+            lines.iter().position(|l| l.ends_with(&wanted))
+        };
+        let (Some(a), Some(b)) = (at(from), at(to)) else {
+            return Vec::new();
+        };
+        let mut counts: Vec<(String, u64)> = Vec::new();
+        for line in &lines[a + 1..b] {
+            if line.contains("[0 lua]") {
+                continue;
+            }
+            let Some(name) = line.split('"').nth(1) else {
+                continue;
+            };
+            let name = name.to_ascii_uppercase();
+            if name == "INFO" || name == "ECHO" {
+                continue;
+            }
+            match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((name, 1)),
+            }
+        }
+        counts
     }
 }
 
@@ -495,21 +563,15 @@ pub(super) async fn measure(s: &Settings) {
         // One traced action of a browser whose passkey is registered.
         let mut b = Browser::new(gateway.addr, 99).await;
         b.action(0, &mut |_| {}).await;
-        let mut last = redis.calls();
-        b.action(1, &mut |step| {
-            let now = redis.calls();
-            let made: Vec<(String, u64)> = now
-                .iter()
-                .map(|(name, n)| {
-                    let before = last.iter().find(|(b, _)| b == name).map_or(0, |(_, b)| *b);
-                    (name.clone(), n - before)
-                })
-                .filter(|(_, n)| *n > 0)
-                .collect();
-            steps.push((step, made));
-            last = now;
-        })
-        .await;
+        if let Some(monitor) = redis.monitor() {
+            let mut previous = "start";
+            b.action(1, &mut |step| {
+                monitor.mark(step);
+                steps.push((step, monitor.between(previous, step)));
+                previous = step;
+            })
+            .await;
+        }
     }
     println!("## Browser confirmations (hold → page → begin → finish → resume → forward)\n");
     println!(
@@ -529,8 +591,12 @@ pub(super) async fn measure(s: &Settings) {
         );
     }
     if !steps.is_empty() {
-        println!("\nRedis commands of one traced action, by step (a passkey already bound):\n");
-        println!("| step | store commands | which |");
+        println!(
+            "\n(store commands/action counts every command Redis ran, the calls inside its Lua \
+             scripts included.) Store round trips of one traced action, by step, as `MONITOR` \
+             sees the gateway's commands (a script is one round trip):\n"
+        );
+        println!("| step | store round trips | which |");
         println!("|---|---|---|");
         for (step, made) in &steps {
             let total: u64 = made.iter().map(|(_, n)| n).sum();
