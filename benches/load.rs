@@ -32,6 +32,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+#[path = "load/browser.rs"]
+mod browser;
+
 /// Linux reports /proc/<pid>/stat times in USER_HZ, which is 100 on every architecture's ABI.
 const USER_HZ: f64 = 100.0;
 
@@ -78,6 +81,7 @@ fn main() {
         .build()
         .expect("a tokio runtime starts");
     runtime.block_on(confirmations(&settings));
+    runtime.block_on(browser::measure(&settings));
     runtime.block_on(flood(&settings));
     runtime.block_on(memory(&settings));
     runtime.block_on(round_trips(measuring));
@@ -317,6 +321,17 @@ const UNBOUNDED: &str = "max_outstanding_per_session: 100000, max_outstanding_pe
 impl Gateway {
     /// A gateway with `workers` threads; `quotas` are `confirmation:` settings.
     async fn start(dir: &Path, upstream: SocketAddr, workers: usize, quotas: &str) -> Gateway {
+        Gateway::start_with(dir, upstream, workers, quotas, "").await
+    }
+
+    /// [`Gateway::start`] with `extra` config (`{addr}` and `{port}` replaced).
+    async fn start_with(
+        dir: &Path,
+        upstream: SocketAddr,
+        workers: usize,
+        quotas: &str,
+        extra: &str,
+    ) -> Gateway {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
@@ -336,9 +351,13 @@ confirmation: {{ algs: [ES256, EdDSA], {quotas} }}
 audit: {{ path: "{}" }}
 routes:
   - {{ name: delete-user, match: {{ methods: [DELETE], path: "/api/users/{{id}}" }}, upstream: app, risk: high }}
+  - {{ name: delete-form, match: {{ methods: [POST], path: "/users/{{id}}/delete" }}, upstream: app, risk: high }}
   - {{ name: default, match: {{ path: "/{{*rest}}" }}, upstream: app, risk: low }}
-"#,
-                audit.display()
+{}"#,
+                audit.display(),
+                extra
+                    .replace("{addr}", &addr.to_string())
+                    .replace("{port}", &port.to_string())
             ),
         )
         .expect("the config is written");

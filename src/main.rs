@@ -166,8 +166,17 @@ enum DevicesCommand {
         #[arg(long)]
         subject: String,
         /// The device: a key thumbprint, or `webauthn:<credential id>` for a passkey.
+        #[arg(
+            long,
+            allow_hyphen_values = true,
+            required_unless_present = "credential",
+            conflicts_with = "credential"
+        )]
+        jkt: Option<String>,
+        /// A passkey, by its credential id (base64url, as `devices list` and the audit log show
+        /// it, with or without `webauthn:`).
         #[arg(long, allow_hyphen_values = true)]
-        jkt: String,
+        credential: Option<String>,
     },
     /// Print a one-time code (valid `session.invite_ttl`, 15 min by default) that a new device
     /// of the subject redeems to enrol itself.
@@ -493,7 +502,15 @@ fn run(command: Command) -> Result<(), CliError> {
                     config,
                     subject,
                     jkt,
-                } => (config, Operation::Remove { subject, jkt }),
+                    credential,
+                } => {
+                    let passkey = credential.map(|c| {
+                        let id = c.strip_prefix("webauthn:").unwrap_or(&c);
+                        format!("webauthn:{id}")
+                    });
+                    let jkt = jkt.or(passkey).unwrap_or_default();
+                    (config, Operation::Remove { subject, jkt })
+                }
                 DevicesCommand::Invite { config, subject } => {
                     (config, Operation::Invite { subject })
                 }

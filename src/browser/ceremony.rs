@@ -177,6 +177,18 @@ impl Ceremonies {
         remaining: Duration,
     ) -> Result<Value, Reason> {
         let subject = hold.subject.as_deref().ok_or(Reason::NoSubject)?;
+        let (options, state) = self.challenge_enrolled(subject).await?;
+        self.keep(id, &Pending::Authenticate(state), remaining)
+            .await?;
+        Ok(options)
+    }
+
+    /// A `get` offering only the passkeys enrolled for `subject`: the options the browser gets
+    /// and the state that verifies its answer ([`Ceremonies::assert_enrolled`]).
+    pub(super) async fn challenge_enrolled(
+        &self,
+        subject: &str,
+    ) -> Result<(Value, AuthenticationState), Reason> {
         let enrolled = self.enrolled_passkeys(subject).await?;
         if enrolled.is_empty() {
             return Err(Reason::DeviceNotEnrolled);
@@ -191,9 +203,55 @@ impl Ceremonies {
             .map_err(refusal)?;
         options.public_key.user_verification = UserVerificationPolicy::Preferred;
         options.mediation = None;
-        self.keep(id, &Pending::Authenticate(state), remaining)
-            .await?;
-        Ok(json!({ "mode": "get", "options": options }))
+        Ok((json!({ "mode": "get", "options": options }), state))
+    }
+
+    /// A `create` of a new passkey for `subject`, excluding the authenticators of the passkeys
+    /// already enrolled for it: the options the browser gets and the state that verifies its
+    /// answer ([`Ceremonies::register`]).
+    pub(super) async fn challenge_register(
+        &self,
+        subject: &str,
+    ) -> Result<(Value, RegistrationState), Reason> {
+        let enrolled = self.enrolled_passkeys(subject).await?;
+        let exclude = enrolled.into_iter().map(|c| c.cred_id).collect();
+        // A random user handle: the authenticator learns the subject's name, not a stable id.
+        let user_id = rand::random::<[u8; 16]>();
+        let builder = self
+            .core
+            .new_challenge_register_builder(&user_id, subject, subject)
+            .map_err(refusal)?
+            .user_verification_policy(self.policy)
+            .exclude_credentials(Some(exclude));
+        let (mut options, state) = self
+            .core
+            .generate_challenge_register(builder)
+            .map_err(refusal)?;
+        // As for a first passkey: the gateway enforces the policy on the response.
+        if let Some(selection) = options.public_key.authenticator_selection.as_mut() {
+            selection.user_verification = UserVerificationPolicy::Preferred;
+        }
+        Ok((json!({ "mode": "create", "options": options }), state))
+    }
+
+    /// Verifies a `create` answer: the new credential (public key, counter, whether the user was
+    /// verified), or the refusal, naming the credential when known.
+    pub(super) fn register(
+        &self,
+        state: &RegistrationState,
+        body: &[u8],
+    ) -> Result<Credential, (Reason, Option<String>)> {
+        let response: RegisterPublicKeyCredential =
+            serde_json::from_slice(body).map_err(|_| (Reason::Malformed, None))?;
+        let named = Some(URL_SAFE_NO_PAD.encode(response.raw_id.as_ref()));
+        self.core
+            .register_credential(&response, state, None)
+            .map_err(|e| (refusal(e), named))
+    }
+
+    /// The registry passkeys are enrolled in.
+    pub(super) fn devices(&self) -> &Registry {
+        &self.devices
     }
 
     /// The passkeys enrolled for `subject`.
@@ -233,17 +291,13 @@ impl Ceremonies {
             let Pending::Authenticate(state) = pending else {
                 return Err((Reason::DeviceNotEnrolled, None));
             };
-            return self.finish_enrolled(hold, state, body).await;
+            return self
+                .assert_enrolled(hold.subject.as_deref(), state, body)
+                .await;
         }
         match pending {
             Pending::Register(state) => {
-                let response: RegisterPublicKeyCredential =
-                    serde_json::from_slice(body).map_err(|_| (Reason::Malformed, None))?;
-                let named = Some(URL_SAFE_NO_PAD.encode(response.raw_id.as_ref()));
-                let credential = self
-                    .core
-                    .register_credential(&response, &state, None)
-                    .map_err(|e| (refusal(e), named.clone()))?;
+                let credential = self.register(&state, body)?;
                 let credential_id = URL_SAFE_NO_PAD.encode(credential.cred_id.as_ref());
                 let handle = super::hold::fresh_id();
                 let device = format!("{PASSKEY_DEVICE}{credential_id}.{handle}");
@@ -310,11 +364,12 @@ impl Ceremonies {
         }
     }
 
-    /// `session.binding: enrolled`: the assertion's passkey must be enrolled for the held
-    /// session's subject, read from the registry now (a removed passkey confirms nothing).
-    async fn finish_enrolled(
+    /// The assertion's passkey must be enrolled for `subject` (the held session's, with
+    /// `session.binding: enrolled`, or the one an enrolment is vouched for), read from the
+    /// registry now (a removed passkey confirms nothing).
+    pub(super) async fn assert_enrolled(
         &self,
-        hold: &Hold,
+        subject: Option<&str>,
         mut state: AuthenticationState,
         body: &[u8],
     ) -> Result<Proven, (Reason, Option<String>)> {
@@ -322,7 +377,7 @@ impl Ceremonies {
             serde_json::from_slice(body).map_err(|_| (Reason::Malformed, None))?;
         let credential_id = URL_SAFE_NO_PAD.encode(response.get_credential_id());
         let named = Some(credential_id.clone());
-        let subject = hold.subject.as_deref().ok_or((Reason::NoSubject, None))?;
+        let subject = subject.ok_or((Reason::NoSubject, None))?;
         let device = format!("{PASSKEY_PREFIX}{credential_id}");
         let entry = self
             .devices
@@ -380,7 +435,7 @@ impl Ceremonies {
     }
 }
 
-fn unavailable(e: store::StoreError) -> Reason {
+pub(super) fn unavailable(e: store::StoreError) -> Reason {
     tracing::warn!(error = %e, "browser confirmation store call failed");
     Reason::StoreUnavailable
 }

@@ -10,6 +10,7 @@
 //! Pingora: every step returns an [`Answer`] (and its audit record) for the gateway to write.
 
 mod ceremony;
+mod enrol;
 pub mod hold;
 pub mod page;
 
@@ -24,6 +25,7 @@ use crate::audit::Record;
 use crate::config::{BrowserConfig, ConfirmationConfig, PublicOrigin, SessionConfig};
 use crate::decision::Decision;
 use crate::devices::Registry;
+use crate::ledger::Ledger;
 use crate::quota::Quotas;
 use crate::reason::Reason;
 use crate::session::Session as UserSession;
@@ -78,6 +80,11 @@ struct Proven {
     /// Where the passkey's trust came from (`first_use`, or its registry entry's source).
     #[serde(default)]
     enrolment: Option<String>,
+    /// The held action's session id and target, so the resume step needs no read of the hold.
+    #[serde(default)]
+    session_id: String,
+    #[serde(default)]
+    target: String,
 }
 
 /// Browser confirmations over the replay store.
@@ -92,6 +99,8 @@ pub struct Browser {
     listen: Option<SocketAddr>,
     /// Holds outstanding per session and per client network.
     quotas: Quotas,
+    /// Passkey enrolments outstanding per session and per client network.
+    enrol_quotas: Quotas,
 }
 
 impl Browser {
@@ -110,6 +119,13 @@ impl Browser {
             confirmation.max_outstanding_per_ip,
             config.hold_ttl,
         );
+        let enrol_quotas = Quotas::new(
+            store.clone(),
+            "quota-enrol",
+            confirmation.max_outstanding_per_session,
+            confirmation.max_outstanding_per_ip,
+            enrol::ENROL_TTL,
+        );
         let devices = Registry::new(store.clone(), session.max_devices);
         let ceremonies = Ceremonies::new(
             &config,
@@ -125,6 +141,7 @@ impl Browser {
         let listen = config.listen.as_deref().and_then(|l| l.parse().ok());
         Ok(Browser {
             quotas,
+            enrol_quotas,
             listen,
             config,
             public_origin,
@@ -200,10 +217,22 @@ impl Browser {
         }
     }
 
-    /// Answers a request to the confirmation origin.
-    pub async fn confirmation_origin(&self, method: &str, path: &str, body: &[u8]) -> Answer {
+    /// Answers a request to the confirmation origin. A passkey enrolment writes its
+    /// `device_enrolled` record itself, in `ledger` (it is undone when that fails).
+    pub async fn confirmation_origin(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        ledger: &Ledger,
+        request_id: &str,
+    ) -> Answer {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
+            (_, ["enrol", rest @ ..]) => {
+                self.enrol_origin(method, rest, body, ledger, request_id)
+                    .await
+            }
             ("GET", ["confirm", "app.js"]) => self.static_answer("text/javascript", page::SCRIPT),
             ("GET", ["confirm", "app.css"]) => self.static_answer("text/css", page::stylesheet()),
             ("GET" | "HEAD", ["confirm", "refused", reason]) => {
@@ -291,6 +320,8 @@ impl Browser {
             credential_id: proven.credential_id,
             user_verified: proven.user_verified,
             enrolment: Some(proven.enrolment),
+            session_id: hold.session_id.clone(),
+            target: hold.target.clone(),
         };
         if let Err(reason) = self.put_proven("resume", &token, &proven).await {
             return self.refused_json(reason, record);
@@ -339,20 +370,26 @@ impl Browser {
             Ok(proven) => proven,
             Err(reason) => return self.refused(reason, Record::default(), None),
         };
-        let hold = match self.load(&proven.hold_id).await {
-            Ok(Some(hold)) => hold,
-            Ok(None) => return self.unknown_hold(),
-            Err(reason) => return self.refused(reason, Record::default(), None),
-        };
-        let mut record = self.record_of(&hold);
-        record.credential_id = Some(proven.credential_id.clone());
-        if let Err(reason) = same_session(&hold, user) {
-            return self.refused(reason, record, Some(&hold));
-        }
+        // The token carries the held session and target: the hold itself is read only to
+        // describe a refusal.
+        let checked = same_session(&proven.session_id, user);
         let cookie = hold::fresh_id();
-        if let Err(reason) = self.put_proven("arrival", &cookie, &proven).await {
+        let stored = match checked {
+            Ok(()) => self.put_proven("arrival", &cookie, &proven).await,
+            Err(reason) => Err(reason),
+        };
+        if let Err(reason) = stored {
+            let hold = match self.load(&proven.hold_id).await {
+                Ok(Some(hold)) => hold,
+                Ok(None) => return self.unknown_hold(),
+                Err(reason) => return self.refused(reason, Record::default(), None),
+            };
+            let mut record = self.record_of(&hold);
+            record.credential_id = Some(proven.credential_id.clone());
             return self.refused(reason, record, Some(&hold));
         }
+        let target = proven.target.as_str();
+        let path = target.split('?').next().unwrap_or("/");
         let secure = if self.public_origin.scheme == "https" {
             "; Secure"
         } else {
@@ -360,14 +397,13 @@ impl Browser {
         };
         let set_cookie = format!(
             "{RESUME_COOKIE}={cookie}; Path={}; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-            cookie_path(&self.public_origin.prefix, hold.path()),
+            cookie_path(&self.public_origin.prefix, path),
             RESUME_TTL.as_secs()
         );
         let location = format!(
-            "{}{}{}",
+            "{}{}{target}",
             self.public_origin.origin(),
             self.public_origin.prefix,
-            hold.target
         );
         Answer {
             status: 303,
@@ -394,8 +430,8 @@ impl Browser {
             .map(|(_, value)| value.trim().to_string())
     }
 
-    /// The navigation that carries the resume cookie: the hold is taken (once) when it carries the
-    /// same session credential as the held action, and the held request is handed back to forward.
+    /// The navigation that carries the resume cookie: the hold is taken (once), and handed back to
+    /// forward when the navigation carries the same session credential as the held action.
     pub async fn arrive(
         &self,
         cookie: &str,
@@ -427,33 +463,31 @@ impl Browser {
             .take_proven("arrival", cookie)
             .await
             .map_err(|reason| self.refused(reason, Record::default(), None))?;
-        let hold = match self.load(&proven.hold_id).await {
-            Ok(Some(hold)) => hold,
-            Ok(None) => return Err(self.unknown_hold()),
-            Err(reason) => return Err(self.refused(reason, Record::default(), None)),
-        };
-        let mut record = self.record_of(&hold);
-        record.credential_id = Some(proven.credential_id.clone());
-        let expected_path = format!("{}{}", self.public_origin.prefix, hold.path());
-        if path != expected_path {
-            return Err(self.refused(Reason::ActionMismatch, record, Some(&hold)));
-        }
-        if let Err(reason) = same_session(&hold, user) {
-            return Err(self.refused(reason, record, Some(&hold)));
-        }
-        // Single use: of two navigations with the same cookie, one takes the hold.
+        // Single use: of two navigations that get here, one takes the hold. It is taken before
+        // the checks: a refused arrival ends the hold (fail closed; the person starts again).
         let hold = match self
             .store
             .take_record(&hold::key("hold", &proven.hold_id))
             .await
         {
             Ok(Taken::Value(wire)) => serde_json::from_slice::<Hold>(&wire)
-                .map_err(|_| self.refused(Reason::StoreUnavailable, record.clone(), None))?,
-            Ok(Taken::Used) => return Err(self.refused(Reason::NonceReplay, record, Some(&hold))),
+                .map_err(|_| self.refused(Reason::StoreUnavailable, Record::default(), None))?,
+            Ok(Taken::Used) => {
+                return Err(self.refused(Reason::NonceReplay, Record::default(), None))
+            }
             Ok(Taken::Unknown) => return Err(self.unknown_hold()),
-            Err(_) => return Err(self.refused(Reason::StoreUnavailable, record, Some(&hold))),
+            Err(_) => return Err(self.refused(Reason::StoreUnavailable, Record::default(), None)),
         };
         self.quotas.give(&hold.session_id, held_client(&hold)).await;
+        let mut record = self.record_of(&hold);
+        record.credential_id = Some(proven.credential_id.clone());
+        let expected_path = format!("{}{}", self.public_origin.prefix, hold.path());
+        if path != expected_path {
+            return Err(self.refused(Reason::ActionMismatch, record, Some(&hold)));
+        }
+        if let Err(reason) = same_session(&hold.session_id, user) {
+            return Err(self.refused(reason, record, Some(&hold)));
+        }
         record.via = Some("browser".to_string());
         record.user_verified = Some(proven.user_verified);
         record.enrolment = proven.enrolment.clone();
@@ -617,9 +651,9 @@ fn held_client(hold: &Hold) -> Option<std::net::IpAddr> {
 }
 
 /// The resume step and the arrival carry the held action's session credential, or nothing is done.
-fn same_session(hold: &Hold, user: Result<UserSession, Reason>) -> Result<(), Reason> {
+fn same_session(held: &str, user: Result<UserSession, Reason>) -> Result<(), Reason> {
     let user = user.map_err(|_| Reason::SessionMismatch)?;
-    if bool::from(user.id.as_bytes().ct_eq(hold.session_id.as_bytes())) {
+    if !held.is_empty() && bool::from(user.id.as_bytes().ct_eq(held.as_bytes())) {
         Ok(())
     } else {
         Err(Reason::SessionMismatch)

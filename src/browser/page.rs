@@ -151,7 +151,8 @@ word-break:break-all}.actions{display:flex;gap:1rem;margin-top:1.5rem}button{fon
 padding:.7rem 1.2rem;border-radius:.4rem;border:1px solid #555;flex:1}#confirm{background:#0a5;\
 color:#fff}#status{margin-top:1rem;min-height:1.5rem}.url{font-family:monospace}";
 
-fn document(title: &str, body: &str) -> Vec<u8> {
+/// A page: `body` under `title`, with the stylesheet of the confirmation origin.
+pub(super) fn document(title: &str, body: &str) -> Vec<u8> {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\

@@ -33,7 +33,7 @@ use super::{is_jkt, Redeemed, Source};
 /// The enrolment endpoint's path on the app origin.
 pub(crate) const ENROLL_PATH: &str = "/.countersign/devices/enroll";
 /// What audit records and metric labels name the endpoint (it is no configured route).
-const ENDPOINT: &str = "countersign-devices-enroll";
+pub(crate) const ENDPOINT: &str = "countersign-devices-enroll";
 /// The largest enrolment body read.
 const MAX_BODY: usize = 4096;
 

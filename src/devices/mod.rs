@@ -176,7 +176,30 @@ impl Registry {
     /// Spends `code` in one atomic step: of concurrent redemptions exactly one finds the subject.
     /// The code is looked up by its digest, so nothing compares it byte by byte.
     pub async fn redeem(&self, code: &str) -> Result<Redeemed, StoreError> {
-        Ok(match self.store.take_record(&invite_key(code)).await? {
+        self.redeem_digest(&invite_key(code)).await
+    }
+
+    /// What `code` would redeem, without spending it; with the digest that later spends it
+    /// ([`Registry::redeem_digest`]), so the code itself need not be kept.
+    pub async fn peek(&self, code: &str) -> Result<(Redeemed, Key), StoreError> {
+        let digest = invite_key(code);
+        let found = match self.store.get_record(&digest).await? {
+            Some(wire) => match serde_json::from_slice::<Invite>(&wire) {
+                Ok(invite) => Redeemed::Subject(invite.subject),
+                Err(_) => Redeemed::Unknown,
+            },
+            // Absent, or spent: taking an absent record tells which, and changes nothing.
+            None => match self.store.take_record(&digest).await? {
+                Taken::Used => Redeemed::Used,
+                _ => Redeemed::Unknown,
+            },
+        };
+        Ok((found, digest))
+    }
+
+    /// Spends the invite whose digest [`Registry::peek`] gave, in one atomic step.
+    pub async fn redeem_digest(&self, digest: &Key) -> Result<Redeemed, StoreError> {
+        Ok(match self.store.take_record(digest).await? {
             Taken::Value(wire) => match serde_json::from_slice::<Invite>(&wire) {
                 Ok(invite) => Redeemed::Subject(invite.subject),
                 Err(_) => Redeemed::Unknown,

@@ -188,8 +188,15 @@ async fn apply(
             audit(config, &record(Event::DeviceInvited, None))?;
             eprintln!(
                 "invite for subject {subject:?}, single use, valid {}: redeem it with \
-                 POST /.countersign/devices/enroll {{\"code\": ...}} and a proof by the new key",
-                humantime::format_duration(ttl)
+                 POST /.countersign/devices/enroll {{\"code\": ...}} and a proof by the new key, \
+                 or for a passkey by opening {}/.countersign/devices/enroll in a browser signed \
+                 in as {subject:?}",
+                humantime::format_duration(ttl),
+                config
+                    .public_origin
+                    .as_ref()
+                    .map(|o| format!("{}{}", o.origin(), o.prefix))
+                    .unwrap_or_else(|| "the app origin".to_string())
             );
             // The code, alone on its line: the only place it is ever shown.
             Ok(format!("{code}\n"))

@@ -39,7 +39,13 @@ impl Gateway {
                 BodyRead::TooLarge | BodyRead::TimedOut => Bytes::new(),
             };
             let answer = browser
-                .confirmation_origin(req.method.as_str(), req.uri.path(), &body)
+                .confirmation_origin(
+                    req.method.as_str(),
+                    req.uri.path(),
+                    &body,
+                    &self.ledger,
+                    &ctx.request_id,
+                )
                 .await;
             self.answer(session, ctx, answer).await?;
             return Ok(true);

@@ -1,5 +1,6 @@
 //! Device enrolment (docs/protocol.md, "Devices"): `POST /.countersign/devices/enroll` on the app
-//! origin, answered by the gateway itself ([`crate::devices::enroll`]).
+//! origin, answered by the gateway itself ([`crate::devices::enroll`]); with a `browser:` section,
+//! `GET` there starts a passkey enrolment on the confirmation origin.
 
 use pingora::proxy::Session;
 
@@ -17,6 +18,15 @@ impl Gateway {
     ) -> pingora::Result<bool> {
         if target.path() != ENROLL_PATH {
             return Ok(false);
+        }
+        // A person's browser opening the address: a passkey is enrolled on the confirmation
+        // origin, sent there with the session's subject (the credential stays here).
+        let req = session.req_header();
+        if let (Some(browser), &http::Method::GET) = (&self.browser, &req.method) {
+            let user = self.confirmer.session(&req.headers, ctx.peer.trusted);
+            let answer = browser.enrol_start(user, ctx.peer.ip).await;
+            self.answer(session, ctx, answer).await?;
+            return Ok(true);
         }
         let public = self.config.public_origin.as_ref();
         let request = enroll::Request {
