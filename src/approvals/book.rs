@@ -168,6 +168,12 @@ impl Book {
         ))
     }
 
+    /// Marks a lapsed approval expired; the approval when this call was the one that did.
+    pub async fn expire(&self, id: &str, now: u64) -> Result<Option<Approval>, Missing> {
+        let changed = self.change(id, now, |_| Ok(())).await?;
+        Ok(changed.expired_now.then_some(changed.approval))
+    }
+
     /// Unix ms now.
     pub fn now() -> u64 {
         unix_ms(std::time::SystemTime::now())

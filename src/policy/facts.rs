@@ -30,14 +30,7 @@ pub fn query(
 ) -> Result<Query, Ambiguous> {
     let session = facts.session;
     let claims = session.claims.as_deref();
-    let groups: Vec<String> = match claims.and_then(|c| c.get(groups_claim)) {
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(|g| g.as_str().map(str::to_owned))
-            .collect(),
-        Some(Value::String(one)) => vec![one.clone()],
-        _ => Vec::new(),
-    };
+    let groups = crate::approvals::groups(session, groups_claim);
     let principal = match &session.subject {
         Some(sub) => {
             let mut attrs = HashMap::new();
@@ -91,6 +84,20 @@ pub fn query(
     ];
     if let Some(ip) = facts.client_ip {
         context.push(("client_ip".to_string(), Expr::new_ip(ip.to_string())));
+    }
+    // An approval's execution: `context.approval.id` and `context.approval.approvers`.
+    if let Some((id, approvers)) = facts.approval {
+        let approval = vec![
+            ("id".to_string(), Expr::new_string(id.to_string())),
+            (
+                "approvers".to_string(),
+                Expr::new_set(approvers.iter().cloned().map(Expr::new_string)),
+            ),
+        ];
+        context.push((
+            "approval".to_string(),
+            Expr::new_record(approval).unwrap_or_else(|_| empty()),
+        ));
     }
     let mut session_facts = vec![("hash".to_string(), Expr::new_string(session.id_hash()))];
     let iat = claims.and_then(|c| c.get("iat")).and_then(Value::as_i64);
