@@ -703,3 +703,177 @@ async fn an_approval_is_shared_by_replicas_and_outlives_a_gateway() {
     .await;
     assert_eq!(r.json()["approval"]["status"], "executed", "{}", r.text());
 }
+
+// ───────────────────────────── the command line ─────────────────────────────
+
+const BIN: &str = env!("CARGO_BIN_EXE_countersign");
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .env(HS256_ENV, HS256_SECRET)
+        .env(WEBHOOK_ENV, WEBHOOK_SECRET)
+        .output()
+        .expect("the countersign binary runs")
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A device key written by `countersign keygen`; its path and thumbprint.
+fn keygen(dir: &std::path::Path, name: &str) -> (String, String) {
+    let path = dir.join(name);
+    let path = path.to_str().expect("UTF-8 path").to_string();
+    let out = cli(&["keygen", "--out", &path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jkt = stdout(&out)
+        .split_whitespace()
+        .find(|w| w.len() == 43)
+        .expect("keygen prints the jkt")
+        .to_string();
+    (path, jkt)
+}
+
+/// The whole flow from shells: the requester is the `countersign request` client (it answers
+/// the nonce challenge itself), the approvers use `countersign approvals approve`, an operator
+/// `countersign approvals list|show`, all against one gateway on a real Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_flow_from_the_command_line() {
+    let redis = RedisServer::start();
+    let body = config(
+        TWO_OF,
+        &format!("store: {{ kind: redis, url: \"{}\" }}", redis.url()),
+    );
+    let w = World::start(&body).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_file = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "listen: \"127.0.0.1:1\"\n{}",
+            body.replace("{upstream}", "127.0.0.1:1")
+        ),
+    )
+    .expect("write config");
+    let config_file = config_file.to_str().expect("UTF-8").to_string();
+    let (bot_key, bot_jkt) = keygen(dir.path(), "bot.pem");
+    let (alice_key, _) = keygen(dir.path(), "alice.pem");
+    let (bob_key, _) = keygen(dir.path(), "bob.pem");
+    let c = cast();
+    let url = w.url(RELEASE);
+
+    let out = cli(&[
+        "request", "-X", "POST", &url, "--data", BODY, "--key", &bot_key, "--token", &c.bot,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pending: Value = serde_json::from_str(&stdout(&out)).expect("the 202 body");
+    let id = pending["approval"]["id"].as_str().expect("id").to_string();
+    assert_eq!(pending["approval"]["requester"]["device"], bot_jkt.as_str());
+    assert_eq!(w.seen(), 0);
+
+    let listed = cli(&["approvals", "list", "--config", &config_file]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let line = stdout(&listed);
+    assert!(
+        line.contains(&id) && line.contains("pending") && line.contains("approvals 0/2"),
+        "{line}"
+    );
+
+    for (key, token) in [(&alice_key, &c.alice), (&bob_key, &c.bob)] {
+        let out = cli(&[
+            "approvals",
+            "approve",
+            &id,
+            "--gateway",
+            &w.gw.base,
+            "--key",
+            key,
+            "--token",
+            token,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let shown = cli(&["approvals", "show", &id, "--config", &config_file]);
+    let shown: Value = serde_json::from_str(&stdout(&shown)).expect("show prints JSON");
+    assert_eq!(shown["approval"]["status"], "approved");
+
+    let header = format!("Countersign-Approval: {id}");
+    let out = cli(&[
+        "request", "-X", "POST", &url, "--data", BODY, "-H", &header, "--key", &bot_key, "--token",
+        &c.bot,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.seen(), 1);
+    assert_eq!(
+        w.upstream.last().provenance()["approvers"],
+        json!(["alice", "bob"])
+    );
+
+    // A refused decision says why and exits non-zero.
+    let out = cli(&[
+        "approvals",
+        "deny",
+        &id,
+        "--gateway",
+        &w.gw.base,
+        "--key",
+        &alice_key,
+        "--token",
+        &c.alice,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("approval_closed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn listing_approvals_refuses_the_memory_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("gateway.yaml");
+    let body = config(TWO_OF, "").replace("{upstream}", "127.0.0.1:1");
+    std::fs::write(&file, format!("listen: \"127.0.0.1:1\"\n{body}")).expect("write config");
+    let out = cli(&[
+        "approvals",
+        "list",
+        "--config",
+        file.to_str().expect("UTF-8"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("store.kind memory") && err.contains("store.kind: redis"),
+        "{err}"
+    );
+    let out = cli(&[
+        "approvals",
+        "show",
+        "nope",
+        "--config",
+        file.to_str().expect("UTF-8"),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an approval id"));
+}

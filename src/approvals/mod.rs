@@ -4,6 +4,7 @@
 //! once, with a fresh confirmation.
 
 mod book;
+pub mod operator;
 mod record;
 mod rule;
 mod webhook;
