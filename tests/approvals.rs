@@ -877,3 +877,23 @@ fn listing_approvals_refuses_the_memory_store() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an approval id"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_navigation_to_an_approval_route_is_never_held_for_a_passkey() {
+    let extra = "public_origin: \"http://app.example.test\"\nbrowser: { origin: \"http://confirm.example.test\" }";
+    let w = World::start(&config(TWO_OF, extra)).await;
+    let c = cast();
+    let r = w
+        .request("POST", RELEASE)
+        .token(&c.bot)
+        .header("sec-fetch-mode", "navigate")
+        .header("accept", "text/html")
+        .body(BODY)
+        .send()
+        .await;
+    // The DPoP exchange, not a 303 to the confirmation origin whose resume would skip approvers.
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.header("location").is_none());
+    assert!(r.header("dpop-nonce").is_some());
+    assert_eq!(w.seen(), 0);
+}

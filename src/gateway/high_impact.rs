@@ -40,7 +40,12 @@ impl Gateway {
 
         // A person in a browser is answered with pages; an API client with the DPoP exchange.
         let navigation = browser::is_navigation(&req.headers) && !req.headers.contains_key("dpop");
-        let browser = self.browser.as_ref().filter(|_| navigation);
+        // A route that needs approvals never holds a navigation: a passkey confirmation would
+        // resume it straight to the upstream, around its approvers.
+        let browser = self
+            .browser
+            .as_ref()
+            .filter(|_| navigation && route.approval.is_none());
 
         // 1. Session.
         let user = match self.confirmer.session(&req.headers, ctx.peer.trusted) {
