@@ -487,6 +487,26 @@ fn run(command: Command) -> Result<(), CliError> {
                 if r.websocket {
                     notes.push("WebSocket upgrades pass".into());
                 }
+                if let Some(a) = &r.approval {
+                    let mut who: Vec<String> = a.subjects.clone();
+                    who.extend(a.groups.iter().map(|g| format!("group {g}")));
+                    notes.push(format!(
+                        "approval by {} of {} ({}), within {}{}",
+                        a.quorum,
+                        who.join(", "),
+                        if a.quorum == 1 {
+                            "one approver"
+                        } else {
+                            "distinct approvers"
+                        },
+                        humantime::format_duration(a.ttl),
+                        if a.notify.is_some() {
+                            ", webhook notified"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
                 if !notes.is_empty() {
                     let _ = writeln!(out, "  {}: {}", r.name, notes.join("; "));
                 }
