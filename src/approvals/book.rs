@@ -51,6 +51,8 @@ pub struct Changed<T> {
     pub approval: Approval,
     /// Whether this call found it lapsed and wrote it expired.
     pub expired_now: bool,
+    /// The approval as it stood before, to put back with [`Book::restore`].
+    pub before: Approval,
 }
 
 /// The approvals of one store.
@@ -148,6 +150,7 @@ impl Book {
                     outcome,
                     approval: next,
                     expired_now: false,
+                    before: approval,
                 });
             }
             let ttl = ttl_of(&next, now);
@@ -160,12 +163,24 @@ impl Book {
                     outcome,
                     approval: next,
                     expired_now,
+                    before: approval,
                 });
             }
         }
         Err(Missing::Store(
             "an approval changed too often to be written".to_string(),
         ))
+    }
+
+    /// Puts `before` back if the approval still stands as `after` (a change whose audit record
+    /// could not be written is undone); false when it changed meanwhile.
+    pub async fn restore(&self, before: &Approval, after: &Approval) -> Result<bool, StoreError> {
+        let now = Book::now();
+        let ttl = ttl_of(before, now);
+        let key = record_key(&before.id);
+        self.store
+            .swap_record(&key, &serialize(after), serialize(before), ttl)
+            .await
     }
 
     /// Marks a lapsed approval expired; the approval when this call was the one that did.

@@ -283,7 +283,7 @@ impl Gateway {
                 return self.refuse(session, ctx, record, missing.reason()).await;
             }
         };
-        let approval = changed.approval;
+        let (approval, before) = (changed.approval, changed.before);
         if changed.expired_now {
             self.audit_expired(&approval);
         }
@@ -293,16 +293,30 @@ impl Gateway {
         };
         record.approval_status = Some(approval.status.as_str());
         let metrics = self.ledger.metrics();
+        record.event = match voted {
+            Voted::Again => None,
+            Voted::Counted | Voted::Approved => Some(Event::ApprovalGranted),
+            Voted::Denied => Some(Event::ApprovalDenied),
+        };
+        if record.event.is_some() && !self.ledger.write(&record) {
+            // Fail closed: a decision that is not on record is undone.
+            match self.approvals.book.restore(&before, &approval).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!("unaudited approval decision changed meanwhile"),
+                Err(e) => tracing::warn!(error = %e, "unaudited approval decision not undone"),
+            }
+            record.event = None;
+            record.approval_status = None;
+            return self
+                .refuse(session, ctx, record, Reason::AuditUnavailable)
+                .await;
+        }
         match voted {
             Voted::Again => {}
             Voted::Counted | Voted::Approved => {
-                record.event = Some(Event::ApprovalGranted);
-                self.ledger.write(&record);
-                tracing::info!(route = %approval.route, "approval granted");
+                tracing::info!(route = %approval.route, "approval granted")
             }
             Voted::Denied => {
-                record.event = Some(Event::ApprovalDenied);
-                self.ledger.write(&record);
                 metrics.approval(&approval.route, "denied");
                 tracing::info!(route = %approval.route, "approval denied");
             }
