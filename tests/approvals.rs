@@ -897,3 +897,69 @@ async fn a_browser_navigation_to_an_approval_route_is_never_held_for_a_passkey()
     assert!(r.header("dpop-nonce").is_some());
     assert_eq!(w.seen(), 0);
 }
+
+/// With `session.binding: enrolled` a subject may confirm from any of its enrolled devices: the
+/// execution must still come from the device that made the request, and approvers need an
+/// enrolled device of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_enrolled_devices_the_execution_needs_the_requesting_device() {
+    let redis = RedisServer::start();
+    let extra = format!("store: {{ kind: redis, url: \"{}\" }}", redis.url());
+    let body = config("{ approvers: { subjects: [alice] } }", &extra).replace(
+        "groups_claim: groups }",
+        "groups_claim: groups, binding: enrolled }",
+    );
+    let w = World::start(&body).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen: \"127.0.0.1:1\"\n{}",
+            body.replace("{upstream}", "127.0.0.1:1")
+        ),
+    )
+    .expect("write config");
+    let file = file.to_str().expect("UTF-8").to_string();
+    let c = cast();
+    let second_bot_key = es256();
+    for (subject, key) in [
+        ("deploy-bot", &c.bot_key),
+        ("deploy-bot", &second_bot_key),
+        ("alice", &c.alice_key),
+    ] {
+        let jkt = key.jkt();
+        let out = cli(&[
+            "devices",
+            "add",
+            "--config",
+            &file,
+            "--subject",
+            subject,
+            "--jkt",
+            &jkt,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let id = approval_id(&request(&w, &c.bot, &c.bot_key, BODY, &[]).await);
+    // An approver's key that is not enrolled cannot decide.
+    let before = w.seen();
+    let r = vote(&w, &c.alice, &es256(), &id, "approve").await;
+    w.assert_refused(&r, before, 401, "invalid_dpop_proof", "device_not_enrolled")
+        .await;
+    let r = vote(&w, &c.alice, &c.alice_key, &id, "approve").await;
+    assert_eq!(r.json()["approval"]["status"], "approved", "{}", r.text());
+
+    let r = execute(&w, &c.bot, &second_bot_key, &id, BODY).await;
+    let audit = w
+        .assert_refused(&r, before, 403, "forbidden", "requester_device_mismatch")
+        .await;
+    assert_eq!(audit["device"], second_bot_key.jkt());
+    let r = execute(&w, &c.bot, &c.bot_key, &id, BODY).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(w.seen(), before + 1);
+}
