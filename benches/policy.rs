@@ -113,6 +113,7 @@ fn bench_policy(c: &mut Criterion) {
         device: "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I",
         origin: Some(&origin),
         now,
+        approval: None,
     };
 
     // p50 / p99 of single calls (criterion reports means of batches).

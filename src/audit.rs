@@ -44,6 +44,18 @@ pub enum Event {
     /// An operator issued an invite code for a subject (the code itself is never recorded).
     #[serde(rename = "device_invited")]
     DeviceInvited,
+    /// A confirmed request became a pending approval.
+    #[serde(rename = "approval_requested")]
+    ApprovalRequested,
+    /// An approver approved (`subject`, `device` are the approver's).
+    #[serde(rename = "approval_granted")]
+    ApprovalGranted,
+    /// An approver denied.
+    #[serde(rename = "approval_denied")]
+    ApprovalDenied,
+    /// An approval's ttl passed before it was executed (written when the gateway sees it).
+    #[serde(rename = "approval_expired")]
+    ApprovalExpired,
 }
 
 /// One audit record; `ts` and `prev` are added when it is written.
@@ -105,6 +117,15 @@ pub struct Record {
     /// On `checkpoint`: a JWS over the chain head and record count (see [`CheckpointClaims`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+    /// The approval the record is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// The subjects that approved it (an executed approval).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Vec<String>>,
+    /// The approval's status after this step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_status: Option<&'static str>,
 }
 
 /// The `typ` of a checkpoint JWS.

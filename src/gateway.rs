@@ -5,6 +5,7 @@
 //! session → body → confirmation or a browser hold → policy → audit) and then forwarded through
 //! the gateway's own relay ([`forward`]). Each step is one call into the module that knows it.
 
+mod approval_step;
 mod browser_step;
 mod context;
 mod enrol_step;
@@ -54,6 +55,7 @@ pub struct Gateway {
     relay: Relay,
     guard: policy::Guard,
     browser: Option<Browser>,
+    approvals: approval_step::Approvals,
 }
 
 /// Why a config cannot become a gateway.
@@ -65,6 +67,9 @@ pub enum GatewayError {
     /// The browser confirmation settings are unusable.
     #[error("browser: {0}")]
     Browser(#[from] CeremonyError),
+    /// The approvals worker thread could not be started.
+    #[error("approvals: cannot start the worker thread: {0}")]
+    Approvals(#[from] std::io::Error),
 }
 
 impl Gateway {
@@ -95,7 +100,11 @@ impl Gateway {
             )?),
             _ => None,
         };
+        let needed = config.routes.routes().iter().any(|r| r.approval.is_some());
+        let approvals =
+            approval_step::Approvals::new(confirmer.store().clone(), metrics.clone(), needed)?;
         Ok(Gateway {
+            approvals,
             ledger: Ledger::new(audit, metrics, &config.routes),
             answers,
             browser,
@@ -131,6 +140,11 @@ impl Gateway {
 
         // 3. Device enrolment, the gateway's own endpoint on the app origin.
         if self.enrol_step(session, ctx, &target).await? {
+            return Ok(true);
+        }
+
+        // 3b. Approvals, the gateway's own endpoints on the app origin.
+        if self.approval_step(session, ctx, &target).await? {
             return Ok(true);
         }
 

@@ -21,6 +21,12 @@ pub struct Ledger {
 impl Ledger {
     /// A ledger for these routes.
     pub fn new(audit: AuditLog, metrics: Arc<Metrics>, routes: &RouteTable) -> Ledger {
+        // Every outcome of every approval route is exported from the start, at zero.
+        for route in routes.routes().iter().filter(|r| r.approval.is_some()) {
+            for outcome in crate::metrics::APPROVAL_OUTCOMES {
+                metrics.approvals.with_label_values(&[&route.name, outcome]);
+            }
+        }
         let routes = routes
             .routes()
             .iter()

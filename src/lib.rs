@@ -4,6 +4,7 @@
 
 mod admission;
 pub mod alg;
+pub mod approvals;
 pub mod audit;
 mod body;
 pub mod browser;

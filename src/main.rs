@@ -80,6 +80,12 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
+    /// Approvals of machine-initiated actions: read them from the shared store, or decide one
+    /// as an approver through a running gateway.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Create a device key (PKCS#8 PEM) and print its thumbprint (jkt).
     Keygen {
         /// Where to write the private key.
@@ -131,6 +137,82 @@ enum SessionsCommand {
         #[arg(long)]
         subject: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// List the approvals in the store, oldest first.
+    List {
+        /// The gateway config (its store is read).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show one approval as JSON.
+    Show {
+        /// The approval id.
+        id: String,
+        /// The gateway config (its store is read).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Approve, with your own session and device key, through the gateway.
+    Approve(VoteArgs),
+    /// Deny, with your own session and device key, through the gateway.
+    Deny(VoteArgs),
+}
+
+/// An approver's decision, sent through a running gateway.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("session").required(true).args(["token", "cookie", "session_header"])))]
+struct VoteArgs {
+    /// The approval id.
+    id: String,
+    /// The gateway's base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    gateway: String,
+    /// Your device key (PKCS#8 PEM, from `countersign keygen`).
+    #[arg(long)]
+    key: PathBuf,
+    /// Your session token (`session.kind: bearer_jwt`).
+    #[arg(long)]
+    token: Option<String>,
+    /// Your session cookie NAME=VALUE (`session.kind: cookie`).
+    #[arg(long)]
+    cookie: Option<String>,
+    /// Your session header NAME=VALUE (`session.kind: header`).
+    #[arg(long)]
+    session_header: Option<String>,
+    /// Print the status line and headers before the body.
+    #[arg(short = 'i', long)]
+    include: bool,
+}
+
+impl VoteArgs {
+    /// The `countersign request` that makes this decision.
+    fn request(self, what: &str) -> Result<countersign::tools::request::RequestArgs, CliError> {
+        if !countersign::approvals::is_id(&self.id) {
+            return Err(CliError::Usage(format!(
+                "{:?} is not an approval id (22 characters of base64url)",
+                self.id
+            )));
+        }
+        let base = self.gateway.trim_end_matches('/');
+        Ok(countersign::tools::request::RequestArgs {
+            url: format!("{base}/.countersign/approvals/{}/{what}", self.id),
+            method: Some("POST".to_string()),
+            data: None,
+            data_file: None,
+            headers: Vec::new(),
+            key: self.key,
+            token: self.token,
+            cookie: self.cookie,
+            session_header: self.session_header,
+            include: self.include,
+            output: None,
+            location: false,
+            nonce_file: None,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -288,6 +370,8 @@ enum CliError {
     #[error(transparent)]
     Devices(#[from] countersign::devices::DevicesError),
     #[error(transparent)]
+    Approvals(#[from] countersign::approvals::operator::ApprovalsError),
+    #[error(transparent)]
     Key(#[from] countersign::tools::device_key::KeyError),
     #[error(transparent)]
     Audit(#[from] audit::VerifyError),
@@ -412,6 +496,26 @@ fn run(command: Command) -> Result<(), CliError> {
                 }
                 if r.websocket {
                     notes.push("WebSocket upgrades pass".into());
+                }
+                if let Some(a) = &r.approval {
+                    let mut who: Vec<String> = a.subjects.clone();
+                    who.extend(a.groups.iter().map(|g| format!("group {g}")));
+                    notes.push(format!(
+                        "approval by {} of {} ({}), within {}{}",
+                        a.quorum,
+                        who.join(", "),
+                        if a.quorum == 1 {
+                            "one approver"
+                        } else {
+                            "distinct approvers"
+                        },
+                        humantime::format_duration(a.ttl),
+                        if a.notify.is_some() {
+                            ", webhook notified"
+                        } else {
+                            ""
+                        }
+                    ));
                 }
                 if !notes.is_empty() {
                     let _ = writeln!(out, "  {}: {}", r.name, notes.join("; "));
@@ -548,6 +652,22 @@ fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Request(args) => Ok(countersign::tools::request::run(args)?),
+        Command::Approvals { command } => {
+            use countersign::approvals::operator::{self, Query};
+            let (config, query) = match command {
+                ApprovalsCommand::List { config } => (config, Query::List),
+                ApprovalsCommand::Show { id, config } => (config, Query::Show(id)),
+                ApprovalsCommand::Approve(vote) => {
+                    return Ok(countersign::tools::request::run(vote.request("approve")?)?)
+                }
+                ApprovalsCommand::Deny(vote) => {
+                    return Ok(countersign::tools::request::run(vote.request("deny")?)?)
+                }
+            };
+            let config = config::load(&config)?;
+            print!("{}", operator::query(&config, &query)?);
+            Ok(())
+        }
         Command::Proof {
             key,
             method,

@@ -34,6 +34,16 @@ pub const AUDIT_FAILURES: &str = "countersign_audit_write_failures_total";
 pub const STORE_ERRORS: &str = "countersign_store_errors_total";
 /// `countersign_device_enrolments_total{source}`: devices enrolled through the gateway.
 pub const DEVICE_ENROLMENTS: &str = "countersign_device_enrolments_total";
+/// `countersign_approvals_total{route, outcome}`.
+pub const APPROVALS: &str = "countersign_approvals_total";
+/// `countersign_approvals_pending`.
+pub const APPROVALS_PENDING: &str = "countersign_approvals_pending";
+/// `countersign_approval_wait_seconds`: from request to approval.
+pub const APPROVAL_WAIT: &str = "countersign_approval_wait_seconds";
+/// `countersign_approval_webhook_failures_total`: webhook deliveries that failed (each attempt).
+pub const APPROVAL_WEBHOOK_FAILURES: &str = "countersign_approval_webhook_failures_total";
+/// The `outcome` values of `countersign_approvals_total`.
+pub const APPROVAL_OUTCOMES: [&str; 5] = ["requested", "approved", "denied", "expired", "executed"];
 /// `countersign_build_info{version}`.
 pub const BUILD_INFO: &str = "countersign_build_info";
 /// `countersign_config_routes{risk}`.
@@ -68,6 +78,14 @@ pub struct Metrics {
     pub config_routes: IntGaugeVec,
     /// Devices enrolled through the gateway, by source (`invite`, `device`).
     pub device_enrolments: IntCounterVec,
+    /// Approvals by route and outcome ([`APPROVAL_OUTCOMES`]).
+    pub approvals: IntCounterVec,
+    /// Approvals pending now (in the store, shared by replicas).
+    pub approvals_pending: IntGauge,
+    /// Seconds from a request to its approval.
+    pub approval_wait: Histogram,
+    /// Failed webhook delivery attempts.
+    pub approval_webhook_failures: IntCounter,
 }
 
 impl Metrics {
@@ -156,6 +174,29 @@ impl Metrics {
         for source in ["invite", "device"] {
             device_enrolments.with_label_values(&[source]);
         }
+        let approvals = IntCounterVec::new(
+            Opts::new(APPROVALS, "Approvals by route and outcome."),
+            &["route", "outcome"],
+        )
+        .expect("static metric definition is valid");
+        let approvals_pending = IntGauge::new(
+            APPROVALS_PENDING,
+            "Approvals waiting for their approvers (in the shared store).",
+        )
+        .expect("static metric definition is valid");
+        let approval_wait = Histogram::with_opts(
+            HistogramOpts::new(APPROVAL_WAIT, "Seconds from a request to its approval.").buckets(
+                vec![
+                    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0, 86400.0,
+                ],
+            ),
+        )
+        .expect("static metric definition is valid");
+        let approval_webhook_failures = IntCounter::new(
+            APPROVAL_WEBHOOK_FAILURES,
+            "Approval webhook delivery attempts that failed.",
+        )
+        .expect("static metric definition is valid");
         let build_info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Build information; always 1."),
             &["version"],
@@ -178,6 +219,10 @@ impl Metrics {
             Box::new(store_errors.clone()),
             Box::new(config_routes.clone()),
             Box::new(device_enrolments.clone()),
+            Box::new(approvals.clone()),
+            Box::new(approvals_pending.clone()),
+            Box::new(approval_wait.clone()),
+            Box::new(approval_webhook_failures.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -199,7 +244,16 @@ impl Metrics {
             store_errors,
             config_routes,
             device_enrolments,
+            approvals,
+            approvals_pending,
+            approval_wait,
+            approval_webhook_failures,
         }
+    }
+
+    /// Counts an approval outcome of `route`.
+    pub fn approval(&self, route: &str, outcome: &str) {
+        self.approvals.with_label_values(&[route, outcome]).inc();
     }
 
     /// The per-route series of one route, resolved once so the request path does no label

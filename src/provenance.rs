@@ -47,6 +47,12 @@ pub struct Claims<'a> {
     pub body_sha256: &'a str,
     /// Route name.
     pub route: &'a str,
+    /// The approval this request executes, when its route needs one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<&'a str>,
+    /// The subjects that approved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<&'a [String]>,
 }
 
 /// The claims with their validity window.
@@ -224,6 +230,8 @@ mod tests {
             target: "/x",
             body_sha256: "00",
             route: "r",
+            approval_id: None,
+            approvers: None,
         }
     }
 

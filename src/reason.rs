@@ -91,6 +91,28 @@ pub enum Reason {
     PolicyDenied,
     /// The Cedar policy could not be evaluated: fail closed.
     PolicyError,
+    /// No approval has this id (never requested, or forgotten after its ttl).
+    ApprovalUnknown,
+    /// The approver is neither a listed subject nor in a listed group.
+    NotAnApprover,
+    /// The requester's own subject or device tried to approve.
+    SelfApproval,
+    /// A vote on an approval that is no longer pending (approved, denied or executed).
+    ApprovalClosed,
+    /// An execution before the quorum approved.
+    ApprovalPending,
+    /// An execution of a denied approval.
+    ApprovalDenied,
+    /// The approval's ttl passed.
+    ApprovalExpired,
+    /// The approval was executed already.
+    ApprovalExecuted,
+    /// An execution whose action (route, method, target, body) is not the approved one.
+    ApprovalActionMismatch,
+    /// An execution from another session than the requester's.
+    ApprovalSessionMismatch,
+    /// An execution confirmed by another device than the requester's.
+    ApprovalDeviceMismatch,
 }
 
 impl Reason {
@@ -135,6 +157,17 @@ impl Reason {
             Reason::RiskDenied => "risk_denied",
             Reason::PolicyDenied => "policy_denied",
             Reason::PolicyError => "policy_error",
+            Reason::ApprovalUnknown => "approval_unknown",
+            Reason::NotAnApprover => "not_an_approver",
+            Reason::SelfApproval => "self_approval",
+            Reason::ApprovalClosed => "approval_closed",
+            Reason::ApprovalPending => "approval_pending",
+            Reason::ApprovalDenied => "approval_denied",
+            Reason::ApprovalExpired => "approval_expired",
+            Reason::ApprovalExecuted => "approval_executed",
+            Reason::ApprovalActionMismatch => "action_mismatch",
+            Reason::ApprovalSessionMismatch => "requester_session_mismatch",
+            Reason::ApprovalDeviceMismatch => "requester_device_mismatch",
         }
     }
 
@@ -150,7 +183,18 @@ impl Reason {
             | Reason::PolicyDenied
             | Reason::NoSubject
             | Reason::InviteInvalid
-            | Reason::InviteUsed => "forbidden",
+            | Reason::InviteUsed
+            | Reason::NotAnApprover
+            | Reason::SelfApproval
+            | Reason::ApprovalDenied
+            | Reason::ApprovalExpired
+            | Reason::ApprovalActionMismatch
+            | Reason::ApprovalSessionMismatch
+            | Reason::ApprovalDeviceMismatch => "forbidden",
+            Reason::ApprovalUnknown => "not_found",
+            Reason::ApprovalClosed | Reason::ApprovalPending | Reason::ApprovalExecuted => {
+                "conflict"
+            }
             Reason::EnrolmentMalformed | Reason::TooManyDevices => "invalid_request",
             Reason::TooManyChallenges => "too_many_requests",
             Reason::InvalidTarget
@@ -182,7 +226,16 @@ impl Reason {
             | Reason::PolicyDenied
             | Reason::NoSubject
             | Reason::InviteInvalid
-            | Reason::InviteUsed => 403,
+            | Reason::InviteUsed
+            | Reason::NotAnApprover
+            | Reason::SelfApproval
+            | Reason::ApprovalDenied
+            | Reason::ApprovalExpired
+            | Reason::ApprovalActionMismatch
+            | Reason::ApprovalSessionMismatch
+            | Reason::ApprovalDeviceMismatch => 403,
+            Reason::ApprovalUnknown => 404,
+            Reason::ApprovalClosed | Reason::ApprovalPending | Reason::ApprovalExecuted => 409,
             Reason::EnrolmentMalformed => 400,
             Reason::TooManyDevices => 409,
             Reason::TooManyChallenges => 429,
@@ -269,6 +322,27 @@ impl Reason {
             Reason::PolicyDenied => "the policy does not allow this action",
             Reason::PolicyError => {
                 "the policy could not be evaluated; high-impact actions are paused"
+            }
+            Reason::ApprovalUnknown => "no approval has this id (or it was forgotten after its ttl)",
+            Reason::NotAnApprover => "this subject may not approve this route's actions",
+            Reason::SelfApproval => {
+                "the requester's own subject or device cannot approve its request"
+            }
+            Reason::ApprovalClosed => "this approval is no longer pending",
+            Reason::ApprovalPending => {
+                "this approval is still waiting for its approvers; retry once it is approved"
+            }
+            Reason::ApprovalDenied => "an approver denied this request",
+            Reason::ApprovalExpired => "this approval expired before it was executed",
+            Reason::ApprovalExecuted => "this approval was executed already",
+            Reason::ApprovalActionMismatch => {
+                "this request is not the action that was approved (method, target and body must be the same)"
+            }
+            Reason::ApprovalSessionMismatch => {
+                "an approval is executed from the session that requested it"
+            }
+            Reason::ApprovalDeviceMismatch => {
+                "an approval is executed with the device that requested it"
             }
         }
     }

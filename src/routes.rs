@@ -249,6 +249,8 @@ pub struct Route {
     pub websocket: bool,
     /// RFC 9470 step-up required of `bearer_jwt` sessions (`require:`).
     pub require: Option<StepUp>,
+    /// People who must approve its action before it runs (`approval:`).
+    pub approval: Option<std::sync::Arc<crate::approvals::Rule>>,
 }
 
 impl Route {
@@ -270,6 +272,7 @@ impl Route {
             enforce: true,
             websocket: false,
             require: None,
+            approval: None,
         }
     }
 

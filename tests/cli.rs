@@ -26,6 +26,38 @@ fn check_accepts_the_example_config_and_prints_the_route_table() {
     assert!(text.contains("delete-user"), "{text}");
     assert!(text.contains("/api/users/{id}"), "{text}");
     assert!(text.contains("high"), "{text}");
+    assert!(
+        text.contains(
+            "release-deploy: approval by 2 of alice, bob (distinct approvers), within 30m"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_and_run_refuse_an_approval_webhook_whose_secret_is_not_in_the_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("approval.yaml");
+    std::fs::write(
+        &path,
+        "listen: \"127.0.0.1:1\"\nupstreams: { a: { address: \"127.0.0.1:9\" } }\nsession: { kind: header, header: x-s }\nroutes:\n  - name: r\n    match: { path: \"/x\" }\n    upstream: a\n    risk: high\n    approval: { approvers: { subjects: [alice] }, notify: { webhook: \"http://127.0.0.1:9300/h\", secret_env: CS_CLI_TEST_NO_SUCH_SECRET } }\n",
+    )
+    .expect("write config");
+    for verb in ["check", "run"] {
+        let out = Command::new(BIN)
+            .args([verb, "--config"])
+            .arg(&path)
+            .env_remove("CS_CLI_TEST_NO_SUCH_SECRET")
+            .output()
+            .expect("run the command");
+        assert!(!out.status.success(), "{verb} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("routes[0].approval.notify.secret_env")
+                && err.contains("CS_CLI_TEST_NO_SUCH_SECRET"),
+            "{verb}: {err}"
+        );
+    }
 }
 
 #[test]

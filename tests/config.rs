@@ -1221,3 +1221,117 @@ proptest! {
         let _ = config::parse_size(&value);
     }
 }
+
+// ---- approvals -----------------------------------------------------------------------------------
+
+/// The base config with an `approval:` on its high-impact route.
+fn with_approval(approval: &str) -> String {
+    base().replace(
+        "risk: high",
+        &format!("risk: high\n    approval: {approval}"),
+    )
+}
+
+#[test]
+fn an_approval_is_read_with_its_defaults() {
+    let config = ok(&with_approval("{ approvers: { subjects: [alice, bob] } }"));
+    let route = &config.routes.routes()[0];
+    let rule = route.approval.as_ref().expect("an approval rule");
+    assert_eq!(rule.subjects, ["alice", "bob"]);
+    assert_eq!(rule.quorum, 1);
+    assert_eq!(rule.ttl, Duration::from_secs(30 * 60));
+    assert!(rule.notify.is_none());
+    let config = ok(&with_approval(
+        "{ approvers: { subjects: [alice, bob] }, quorum: 2, ttl: 5m }",
+    ));
+    let rule = config.routes.routes()[0].approval.clone().expect("rule");
+    assert_eq!((rule.quorum, rule.ttl), (2, Duration::from_secs(300)));
+}
+
+#[test]
+fn an_approval_says_what_is_wrong_with_it() {
+    fails(
+        &base().replace(
+            "risk: low",
+            "risk: low\n    approval: { approvers: { subjects: [a] } }",
+        ),
+        "routes[1].approval",
+        &["risk: high routes"],
+    );
+    fails(
+        &with_approval("{ approvers: {} }"),
+        "routes[0].approval.approvers",
+        &["names no approver"],
+    );
+    fails(
+        &with_approval("{ approvers: { subjects: [alice] }, quorum: 0 }"),
+        "routes[0].approval.quorum",
+        &["at least 1"],
+    );
+    fails(
+        &with_approval("{ approvers: { subjects: [alice, alice] }, quorum: 2 }"),
+        "routes[0].approval.quorum",
+        &["only 1 distinct"],
+    );
+    fails(
+        &with_approval("{ approvers: { groups: [sre-leads] } }"),
+        "routes[0].approval.approvers.groups",
+        &["session.groups_claim"],
+    );
+    fails(
+        &with_approval("{ approvers: { subjects: [\"\"] } }"),
+        "routes[0].approval.approvers.subjects[0]",
+        &["non-empty"],
+    );
+    fails(
+        &with_approval("{ approvers: { subjects: [a] }, ttl: 0s }"),
+        "routes[0].approval.ttl",
+        &["longer than 0s"],
+    );
+    fails(
+        &with_approval("{ approvers: { subjects: [a] }, quorom: 1 }"),
+        "routes[0].approval.quorom",
+        &["unknown field", "quorum"],
+    );
+    fails(
+        &with_approval("{ approvers: { subjects: [a] }, notify: { webhook: \"https://hooks.example.com/x\", secret_env: CS_TEST_UNSET_SECRET } }"),
+        "routes[0].approval.notify.webhook",
+        &["http://"],
+    );
+}
+
+#[test]
+fn a_webhook_secret_must_be_in_the_environment_at_start() {
+    let notify = |var: &str| {
+        with_approval(&format!(
+            "{{ approvers: {{ subjects: [a] }}, notify: {{ webhook: \"http://127.0.0.1:9300/hooks\", secret_env: {var} }} }}"
+        ))
+    };
+    fails(
+        &notify("CS_TEST_APPROVAL_SECRET_UNSET"),
+        "routes[0].approval.notify.secret_env",
+        &["CS_TEST_APPROVAL_SECRET_UNSET", "not set or empty"],
+    );
+    // Each variable is set by this test alone, before it is read.
+    std::env::set_var("CS_TEST_APPROVAL_SECRET_EMPTY", "");
+    fails(
+        &notify("CS_TEST_APPROVAL_SECRET_EMPTY"),
+        "routes[0].approval.notify.secret_env",
+        &["not set or empty"],
+    );
+    std::env::set_var("CS_TEST_APPROVAL_SECRET_SHORT", "short");
+    fails(
+        &notify("CS_TEST_APPROVAL_SECRET_SHORT"),
+        "routes[0].approval.notify.secret_env",
+        &["at least 16"],
+    );
+    std::env::set_var(
+        "CS_TEST_APPROVAL_SECRET_OK",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    );
+    let config = ok(&notify("CS_TEST_APPROVAL_SECRET_OK"));
+    let rule = config.routes.routes()[0].approval.clone().expect("rule");
+    let notify = rule.notify.as_ref().expect("notify");
+    assert_eq!(notify.webhook.to_string(), "http://127.0.0.1:9300/hooks");
+    assert_eq!(notify.secret.key().len(), 24);
+}

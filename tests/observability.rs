@@ -24,6 +24,11 @@ routes:
     match: { methods: [DELETE, POST], path: "/api/users/{id}" }
     upstream: legacy
     risk: high
+  - name: release-deploy
+    match: { methods: [POST], path: "/api/deploys/{id}/release" }
+    upstream: legacy
+    risk: high
+    approval: { approvers: { subjects: [alice] } }
   - name: default
     match: { path: "/{*rest}" }
     upstream: legacy
@@ -117,6 +122,9 @@ async fn every_counter_has_its_exact_value_after_a_scripted_sequence() {
             r#"countersign_requests_total{decision="challenged",route="delete-user"} 2"#,
             r#"countersign_requests_total{decision="passthrough",route="default"} 1"#,
             r#"countersign_requests_total{decision="rejected",route="delete-user"} 6"#,
+            r#"countersign_requests_total{decision="accepted",route="release-deploy"} 0"#,
+            r#"countersign_requests_total{decision="challenged",route="release-deploy"} 0"#,
+            r#"countersign_requests_total{decision="rejected",route="release-deploy"} 0"#,
         ])
     );
     assert_eq!(
@@ -151,7 +159,7 @@ async fn every_counter_has_its_exact_value_after_a_scripted_sequence() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"countersign_config_routes{risk="high"} 1"#),
+        metrics.contains(r#"countersign_config_routes{risk="high"} 2"#),
         "{metrics}"
     );
     assert!(
@@ -391,6 +399,10 @@ async fn dashboards_and_alerts_name_only_exported_metrics() {
         "countersign_nonces_outstanding",
         "countersign_store_errors_total",
         "countersign_audit_write_failures_total",
+        "countersign_approvals_total",
+        "countersign_approvals_pending",
+        "countersign_approval_wait_seconds_bucket",
+        "countersign_approval_webhook_failures_total",
     ] {
         assert!(
             used.contains(needed),

@@ -301,6 +301,7 @@ fn facts_for<'a>(case: &'a Case, route: &'a Route, session: &'a Session) -> Fact
         device: "device-jkt",
         origin: None,
         now: case.when,
+        approval: None,
     }
 }
 

@@ -54,6 +54,9 @@ const SUITE: &[(&str, Case)] = cases![
     a_revocation_mark_moves_forward_only,
     a_quota_holds_its_limit_and_lapses,
     of_64_concurrent_slot_takes_exactly_the_limit_succeed,
+    a_record_is_swapped_only_while_it_holds_what_was_read,
+    of_64_concurrent_swaps_of_one_value_exactly_one_wins,
+    an_index_lists_its_live_members_once,
 ];
 
 async fn run_suite(backend: &str, make: impl Fn() -> Store) {
@@ -355,6 +358,75 @@ async fn of_64_concurrent_record_takes_exactly_one_gets_the_value(s: Store) {
     assert_eq!((won, used), (1, 63));
 }
 
+async fn a_record_is_swapped_only_while_it_holds_what_was_read(s: Store) {
+    let k = key();
+    assert!(!s
+        .swap_record(&k, b"a", b"b".to_vec(), LONG)
+        .await
+        .expect("swap"));
+    s.put_record(&k, b"a".to_vec(), LONG).await.expect("put");
+    assert!(!s
+        .swap_record(&k, b"x", b"b".to_vec(), LONG)
+        .await
+        .expect("swap"));
+    assert_eq!(
+        s.get_record(&k).await.expect("get").as_deref(),
+        Some(&b"a"[..])
+    );
+    assert!(s
+        .swap_record(&k, b"a", b"longer value".to_vec(), SHORT)
+        .await
+        .expect("swap"));
+    assert_eq!(
+        s.get_record(&k).await.expect("get").as_deref(),
+        Some(&b"longer value"[..])
+    );
+    // The swap set the new TTL.
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(s.get_record(&k).await.expect("get"), None);
+    assert!(!s
+        .swap_record(&k, b"longer value", b"c".to_vec(), LONG)
+        .await
+        .expect("swap"));
+}
+
+async fn of_64_concurrent_swaps_of_one_value_exactly_one_wins(s: Store) {
+    let k = key();
+    s.put_record(&k, b"approved".to_vec(), LONG)
+        .await
+        .expect("put");
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let value = format!("executed by {i}").into_bytes();
+                s.swap_record(&k, b"approved", value, LONG).await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        if task.await.expect("task").expect("swap_record") {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+async fn an_index_lists_its_live_members_once(s: Store) {
+    let index = key();
+    s.index_add(&index, "a", LONG).await.expect("add");
+    s.index_add(&index, "b", SHORT).await.expect("add");
+    s.index_add(&index, "a", SHORT).await.expect("add again");
+    let mut members = s.index_members(&index, 10).await.expect("members");
+    members.sort();
+    assert_eq!(members, ["a", "b"]);
+    assert_eq!(s.index_members(&index, 1).await.expect("members").len(), 1);
+    tokio::time::sleep(PAST_SHORT).await;
+    // "a" kept its longer TTL; "b" lapsed.
+    assert_eq!(s.index_members(&index, 10).await.expect("members"), ["a"]);
+}
+
 async fn issued_nonces_are_counted_until_consumed(s: Store) {
     let act = action();
     let nonces = [key(), key(), key()];
@@ -406,6 +478,10 @@ async fn keys_are_hashed_and_expire(store: Store, nodes: &[String]) {
         .put_record(&session, raw.as_bytes().to_vec(), LONG)
         .await
         .expect("record");
+    store
+        .index_add(&session, "member", LONG)
+        .await
+        .expect("index");
 
     let mut found = Vec::new();
     for node in nodes {
@@ -417,7 +493,7 @@ async fn keys_are_hashed_and_expire(store: Store, nodes: &[String]) {
         }
     }
     let kinds = [
-        "nonce", "jti", "binding", "origin", "revoked", "record", "slots",
+        "nonce", "jti", "binding", "origin", "revoked", "record", "slots", "index",
     ];
     for kind in kinds {
         assert!(

@@ -27,6 +27,7 @@ use super::{
 use std::sync::Arc;
 
 use crate::alg::ProofAlg;
+use crate::approvals::{Notify, Rule, WebhookSecret};
 use crate::conditions::{Allowed, Conditions};
 use crate::policy::{Engine, OnIpChange, RiskConfig};
 use crate::routes::{PathTemplate, Risk, Route, RouteTable, StepUp};
@@ -944,6 +945,42 @@ struct FileRoute {
     /// `true`: WebSocket upgrades may pass (low-risk routes only).
     websocket: Option<bool>,
     require: Option<FileRequire>,
+    approval: Option<FileApproval>,
+}
+
+/// `routes[i].approval`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an approval like { approvers: { subjects: [alice, bob] }, quorum: 2, ttl: 30m }"
+)]
+struct FileApproval {
+    approvers: FileApprovers,
+    quorum: Option<u64>,
+    ttl: Option<Parsed<Duration>>,
+    notify: Option<FileNotify>,
+}
+
+/// `routes[i].approval.approvers`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "approvers like { subjects: [alice, bob], groups: [sre-leads] }"
+)]
+struct FileApprovers {
+    subjects: Option<Vec<String>>,
+    groups: Option<Vec<String>>,
+}
+
+/// `routes[i].approval.notify`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a webhook like { webhook: \"http://127.0.0.1:9300/hooks\", secret_env: CS_WEBHOOK_SECRET }"
+)]
+struct FileNotify {
+    webhook: String,
+    secret_env: String,
 }
 
 /// One condition's allowed values: a scalar, a list of scalars, or `"*"` (present at all).
@@ -1103,6 +1140,7 @@ impl FileConfig {
             let upstream = upstream.validate(&path, name.clone())?;
             upstreams.insert(name, upstream);
         }
+        let groups_claim_set = self.session.groups_claim.is_some();
         let session = self.session.validate()?;
         if session.subject_header.is_some() && trusted_proxies.is_empty() {
             return invalid(
@@ -1165,7 +1203,7 @@ impl FileConfig {
             Some(FileLogFormat::Json) => LogConfig::Json,
         };
         let bearer_jwt = matches!(session.kind, SessionKind::BearerJwt { .. });
-        let routes = validate_routes(self.routes, &upstreams, bearer_jwt)?;
+        let routes = validate_routes(self.routes, &upstreams, bearer_jwt, groups_claim_set)?;
         let risk = match self.risk {
             None => RiskConfig::default(),
             Some(risk) => RiskConfig {
@@ -1683,6 +1721,7 @@ fn validate_routes(
     file_routes: Vec<FileRoute>,
     upstreams: &BTreeMap<String, Upstream>,
     bearer_jwt: bool,
+    groups_claim_set: bool,
 ) -> Result<RouteTable, Invalid> {
     if file_routes.is_empty() {
         return invalid(
@@ -1787,14 +1826,150 @@ fn validate_routes(
             None => None,
             Some(require) => Some(validate_require(&path, require, risk, bearer_jwt)?),
         };
+        let approval = match file_route.approval {
+            None => None,
+            Some(approval) => Some(Arc::new(validate_approval(
+                &path,
+                approval,
+                risk,
+                enforce,
+                groups_claim_set,
+            )?)),
+        };
         let mut route = Route::new(&name, methods, template, &file_route.upstream, risk);
         route.conditions = conditions;
         route.enforce = enforce;
         route.websocket = websocket;
         route.require = require;
+        route.approval = approval;
         routes.push(route);
     }
     Ok(RouteTable::new(routes))
+}
+
+/// The approval time when `approval.ttl` is not given.
+const DEFAULT_APPROVAL_TTL: Duration = Duration::from_secs(30 * 60);
+/// The longest an approval may wait: its record and the request it stands for live that long.
+const MAX_APPROVAL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `routes[i].approval`: people approve the action of a high-impact route before it runs.
+fn validate_approval(
+    path: &str,
+    approval: FileApproval,
+    risk: Risk,
+    enforce: bool,
+    groups_claim_set: bool,
+) -> Result<Rule, Invalid> {
+    let path = format!("{path}.approval");
+    if risk != Risk::High {
+        return invalid(
+            path,
+            "only applies to risk: high routes (an approval binds a confirmed action)",
+        );
+    }
+    if !enforce {
+        return invalid(
+            path,
+            "cannot be combined with enforce: false: observe mode forwards without waiting",
+        );
+    }
+    let subjects = approval.approvers.subjects.unwrap_or_default();
+    let groups = approval.approvers.groups.unwrap_or_default();
+    for (what, list) in [("subjects", &subjects), ("groups", &groups)] {
+        if let Some(i) = list.iter().position(|n| n.trim().is_empty()) {
+            return invalid(
+                format!("{path}.approvers.{what}[{i}]"),
+                "must be a non-empty name",
+            );
+        }
+    }
+    if subjects.is_empty() && groups.is_empty() {
+        return invalid(
+            format!("{path}.approvers"),
+            "names no approver; give subjects: [alice] and/or groups: [sre-leads]",
+        );
+    }
+    if !groups.is_empty() && !groups_claim_set {
+        return invalid(
+            format!("{path}.approvers.groups"),
+            "needs session.groups_claim: the claim of the approver's token that lists their groups",
+        );
+    }
+    let quorum = match approval.quorum {
+        None => 1,
+        Some(0) => return invalid(format!("{path}.quorum"), "must be at least 1"),
+        Some(n) => match u32::try_from(n) {
+            Ok(n) if n <= 64 => n,
+            _ => return invalid(format!("{path}.quorum"), "must be at most 64"),
+        },
+    };
+    let mut distinct = subjects.clone();
+    distinct.sort();
+    distinct.dedup();
+    if groups.is_empty() && (distinct.len() as u32) < quorum {
+        return invalid(
+            format!("{path}.quorum"),
+            format!(
+                "is {quorum} but only {} distinct subjects may approve, so no request could ever be approved",
+                distinct.len()
+            ),
+        );
+    }
+    let ttl = positive(&format!("{path}.ttl"), approval.ttl, DEFAULT_APPROVAL_TTL)?;
+    if ttl > MAX_APPROVAL_TTL {
+        return invalid(format!("{path}.ttl"), "must be at most 7 days (168h)");
+    }
+    let notify = match approval.notify {
+        None => None,
+        Some(notify) => Some(validate_notify(&format!("{path}.notify"), notify)?),
+    };
+    Ok(Rule {
+        subjects,
+        groups,
+        quorum,
+        ttl,
+        notify,
+    })
+}
+
+/// `approval.notify`: the URL is `http://` and the secret is in the environment now.
+fn validate_notify(path: &str, notify: FileNotify) -> Result<Notify, Invalid> {
+    let webhook =
+        match notify.webhook.parse::<http::Uri>() {
+            Ok(uri)
+                if uri.scheme_str() == Some("http")
+                    && uri.authority().is_some()
+                    && uri.path().starts_with('/') =>
+            {
+                uri
+            }
+            _ => return invalid(
+                format!("{path}.webhook"),
+                "an http:// URL like http://127.0.0.1:9300/hooks (https is not supported: point \
+                 it at a relay on the gateway's network)",
+            ),
+        };
+    let var = notify.secret_env;
+    if var.is_empty() {
+        return invalid(
+            format!("{path}.secret_env"),
+            "the name of the environment variable holding the signing secret",
+        );
+    }
+    let value = match std::env::var(&var) {
+        Ok(value) if !value.is_empty() => value,
+        _ => {
+            return invalid(
+                format!("{path}.secret_env"),
+                format!("environment variable {var} is not set or empty; it must hold the webhook signing secret"),
+            )
+        }
+    };
+    let secret = WebhookSecret::parse(&value).map_err(|e| Invalid {
+        path: format!("{path}.secret_env"),
+        message: format!("{var} {e}"),
+    })?;
+    Ok(Notify { webhook, secret })
 }
 
 /// `routes[i].require`: RFC 9470 step-up needs a token carrying `acr` and `auth_time`, so it is

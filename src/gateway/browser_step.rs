@@ -121,6 +121,7 @@ impl Gateway {
             body_hex: &hold.body_sha256,
             body_sha256: &body_sha256,
             set_cookie: Some(&resumed.clear_cookie),
+            approval: None,
         };
         if let Err(denial) = self.check_policy(&confirmed, &body, client_ip, &mut record) {
             let answer = browser.refusal(denial.reason, record);

@@ -25,6 +25,7 @@ use crate::routes::{Risk, Route};
 use crate::session::Session as UserSession;
 
 /// What a high-impact request has established by the time it is forwarded.
+#[derive(Clone, Copy)]
 pub(super) struct Confirmed<'a> {
     pub req: &'a RequestHeader,
     pub route: &'a Route,
@@ -35,6 +36,8 @@ pub(super) struct Confirmed<'a> {
     pub body_sha256: &'a [u8; 32],
     /// A `Set-Cookie` the response also carries (the spent browser resume cookie).
     pub set_cookie: Option<&'a str>,
+    /// The approval this request executes (a route with `approval:`).
+    pub approval: Option<&'a crate::approvals::Approval>,
 }
 
 impl Gateway {
@@ -120,6 +123,7 @@ impl Gateway {
             .as_ref()
             .map_or_else(|| "countersign".to_string(), |o| o.origin());
         let chain = c.confirmation.chain.as_ref();
+        let approvers = c.approval.map(|a| a.approver_subjects());
         let token = self.signer.token(&provenance::Claims {
             iss: &iss,
             cid: &cid,
@@ -133,6 +137,8 @@ impl Gateway {
             target: c.target,
             body_sha256: c.body_hex,
             route: &c.route.name,
+            approval_id: c.approval.map(|a| a.id.as_str()),
+            approvers: approvers.as_deref(),
         });
         up.insert_header("countersign-confirmation-id", cid)?;
         if let Some(sub) = &c.user.subject {

@@ -40,7 +40,12 @@ impl Gateway {
 
         // A person in a browser is answered with pages; an API client with the DPoP exchange.
         let navigation = browser::is_navigation(&req.headers) && !req.headers.contains_key("dpop");
-        let browser = self.browser.as_ref().filter(|_| navigation);
+        // A route that needs approvals never holds a navigation: a passkey confirmation would
+        // resume it straight to the upstream, around its approvers.
+        let browser = self
+            .browser
+            .as_ref()
+            .filter(|_| navigation && route.approval.is_none());
 
         // 1. Session.
         let user = match self.confirmer.session(&req.headers, ctx.peer.trusted) {
@@ -175,6 +180,28 @@ impl Gateway {
             body_hex: &body_hex,
             body_sha256: &body_sha256,
             set_cookie: None,
+            approval: None,
+        };
+        // A route with `approval:`: the execution of an approved request names its approval.
+        let approval_header = req.headers.get(super::approval_step::APPROVAL_HEADER);
+        let execution = match (&route.approval, approval_header) {
+            (Some(_), Some(value)) => {
+                match self
+                    .approval_to_execute(&confirmed, value, &mut record)
+                    .await
+                {
+                    Ok(approval) => Some(approval),
+                    Err(reason) => {
+                        record.confirmation_id = Some(confirmation.id.to_string());
+                        return self.refuse(session, ctx, record, reason).await;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let confirmed = Confirmed {
+            approval: execution.as_ref(),
+            ..confirmed
         };
         if let Err(denial) = self.check_policy(&confirmed, &body, client_ip, &mut record) {
             record.confirmation_id = Some(confirmation.id.to_string());
@@ -191,7 +218,34 @@ impl Gateway {
                 .await;
         }
 
-        // 5. Audit before forwarding (fail closed), then relay.
+        // 5. An approval route records the request for its approvers, or spends the approval.
+        let spent;
+        let confirmed = match (&route.approval, &execution) {
+            (Some(rule), None) => {
+                return self
+                    .request_approval(session, ctx, rule, &confirmed, record, body)
+                    .await
+            }
+            (Some(_), Some(approval)) => {
+                spent = match self
+                    .spend_approval(&confirmed, &approval.id, &mut record)
+                    .await
+                {
+                    Ok(spent) => spent,
+                    Err(reason) => {
+                        record.confirmation_id = Some(confirmation.id.to_string());
+                        return self.refuse(session, ctx, record, reason).await;
+                    }
+                };
+                Confirmed {
+                    approval: Some(&spent),
+                    ..confirmed
+                }
+            }
+            (None, _) => confirmed,
+        };
+
+        // 6. Audit before forwarding (fail closed), then relay.
         record.parent_id = confirmation.chain.as_ref().map(|c| c.root.clone());
         record.via = confirmation.chain.as_ref().map(|c| c.parent.clone());
         self.forward_confirmed(session, ctx, record, confirmed, body)
@@ -206,6 +260,10 @@ impl Gateway {
         client_ip: Option<IpAddr>,
         record: &mut Record,
     ) -> Result<(), Denial> {
+        let approvers = c
+            .approval
+            .map(|a| a.approver_subjects())
+            .unwrap_or_default();
         let facts = policy::Facts {
             route: c.route,
             method: c.req.method.as_str(),
@@ -221,6 +279,7 @@ impl Gateway {
             device: &c.confirmation.jkt,
             origin: c.confirmation.origin.as_ref(),
             now: SystemTime::now(),
+            approval: c.approval.map(|a| (a.id.as_str(), approvers.as_slice())),
         };
         match self.guard.decide(&facts) {
             Ok(policies) => {

@@ -32,14 +32,7 @@ pub fn query(
 ) -> Result<Query, Ambiguous> {
     let session = facts.session;
     let claims = session.claims.as_deref();
-    let groups: Vec<String> = match claims.and_then(|c| c.get(groups_claim)) {
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(|g| g.as_str().map(str::to_owned))
-            .collect(),
-        Some(Value::String(one)) => vec![one.clone()],
-        _ => Vec::new(),
-    };
+    let groups = crate::approvals::groups(session, groups_claim);
     let principal = match &session.subject {
         Some(sub) => {
             let mut attrs = HashMap::new();
@@ -94,6 +87,19 @@ pub fn query(
     }
     put("session", &|| session_facts(facts, claims, now));
     put("risk", &|| risk_facts(facts, ip_changed, network));
+    // An approval's execution: `context.approval.id` and `context.approval.approvers`.
+    if let Some((id, approvers)) = facts.approval {
+        put("approval", &|| {
+            let approval = vec![
+                ("id".to_string(), Expr::new_string(id.to_string())),
+                (
+                    "approvers".to_string(),
+                    Expr::new_set(approvers.iter().cloned().map(Expr::new_string)),
+                ),
+            ];
+            Expr::new_record(approval).unwrap_or_else(|_| empty())
+        });
+    }
     if reads.context("query") {
         context.push(("query".to_string(), query));
     }

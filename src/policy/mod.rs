@@ -128,6 +128,8 @@ pub struct Facts<'a> {
     pub origin: Option<&'a Origin>,
     /// Now.
     pub now: SystemTime,
+    /// The approval an execution spends: its id and the subjects that approved it.
+    pub approval: Option<(&'a str, &'a [String])>,
 }
 
 /// A refusal by policy, step-up or risk.

@@ -79,6 +79,8 @@ struct Shard {
     /// Enrolled devices by subject: (device, entry), sorted by device; they never expire, and
     /// each device holds one entry slot.
     devices: HashMap<Key, Registry>,
+    /// Indexes of records (approvals): member and expiry; each member holds one entry slot.
+    indexes: HashMap<Key, Vec<(Box<str>, Millis)>>,
     /// The earliest expiry of anything in the shard (a lower bound between sweeps).
     next_expiry: Millis,
     swept: Millis,
@@ -135,6 +137,10 @@ impl Shard {
             keep
         });
         swept.record_bytes = record_bytes;
+        self.indexes.retain(|_, members| {
+            members.retain(|(_, expires)| live(*expires));
+            !members.is_empty()
+        });
         self.next_expiry = next;
         shrink(&mut self.nonces);
         shrink(&mut self.jtis);
@@ -588,6 +594,73 @@ impl ReplayStore for MemoryStore {
         drop(shard);
         self.release_bytes(Some(&value));
         Ok(Taken::Value(value.into_vec()))
+    }
+
+    async fn swap_record(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        // Reserved before the shard is locked (making room may sweep every shard); given back
+        // when nothing is swapped.
+        let new_len = value.len() as u64;
+        self.reserve_bytes(new_len)?;
+        let now = self.now();
+        let expires = self.expiry(now, ttl);
+        let mut shard = self.shard(key, now);
+        let old = match shard.records.get_mut(key).filter(|r| r.expires > now) {
+            Some(held) if held.value.as_deref() == Some(expected) => {
+                let old = held.value.replace(value.into_boxed_slice());
+                held.expires = expires;
+                old
+            }
+            _ => {
+                drop(shard);
+                self.record_bytes.fetch_sub(new_len, Ordering::AcqRel);
+                return Ok(false);
+            }
+        };
+        shard.note_expiry(expires);
+        drop(shard);
+        self.release_bytes(old.as_deref());
+        Ok(true)
+    }
+
+    async fn index_add(&self, index: &Key, member: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.reserve()?;
+        let now = self.now();
+        let expires = self.expiry(now, ttl);
+        let mut shard = self.shard(index, now);
+        shard.note_expiry(expires);
+        let members = shard.indexes.entry(*index).or_default();
+        match members.iter_mut().find(|(m, _)| &**m == member) {
+            Some(held) => {
+                held.1 = held.1.max(expires);
+                drop(shard);
+                self.unreserve();
+            }
+            None => members.push((member.into(), expires)),
+        }
+        Ok(())
+    }
+
+    async fn index_members(&self, index: &Key, limit: usize) -> Result<Vec<String>, StoreError> {
+        let now = self.now();
+        let shard = self.shard(index, now);
+        Ok(shard
+            .indexes
+            .get(index)
+            .map(|members| {
+                members
+                    .iter()
+                    .filter(|(_, expires)| *expires > now)
+                    .take(limit)
+                    .map(|(m, _)| m.to_string())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn enrol_device(

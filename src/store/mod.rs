@@ -155,6 +155,20 @@ pub trait ReplayStore: Send + Sync {
     async fn get_record(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError>;
     /// Consumes a record in one atomic step: of N concurrent takers exactly one gets the value.
     async fn take_record(&self, key: &Key) -> Result<Taken, StoreError>;
+    /// Replaces a record in one atomic step if it still holds `expected` (compare and swap),
+    /// for `ttl` from now; false, and nothing written, when it holds anything else or is gone.
+    async fn swap_record(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+    /// Adds `member` to an index of records for `ttl` (extended, never shortened, when it is
+    /// there already).
+    async fn index_add(&self, index: &Key, member: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Up to `limit` live members of an index.
+    async fn index_members(&self, index: &Key, limit: usize) -> Result<Vec<String>, StoreError>;
     /// Enrols `device` for a subject with `entry` (opaque), unless the subject already has
     /// `max` devices: one atomic step, so concurrent enrolments never exceed the bound. Entries
     /// do not expire.

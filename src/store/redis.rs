@@ -94,6 +94,49 @@ return {1, v}
     )
 });
 
+/// Compare and swap a record: `KEYS[1]` the record, `ARGV[1]` the value it must hold, `ARGV[2]`
+/// the new value, `ARGV[3]` its TTL in ms. Answers 1 swapped, 0 not.
+static SWAP_RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local v = redis.call('GET', KEYS[1])
+if not v or v == '' or v ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+",
+    )
+});
+
+/// Adds to an index (a sorted set scored by expiry, in the server's clock): `KEYS[1]` the index,
+/// `ARGV[1]` the member, `ARGV[2]` its TTL in ms. Expired members are dropped on the way.
+static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not held or tonumber(held) < now + ttl then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+end
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+",
+    )
+});
+
+/// The live members of an index: `KEYS[1]` the index, `ARGV[1]` the most to answer.
+static INDEX_MEMBERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, tonumber(ARGV[1]))
+",
+    )
+});
+
 static BIND_DEVICE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -446,6 +489,33 @@ impl ReplayStore for RedisStore {
             2 => Taken::Used,
             _ => Taken::Unknown,
         })
+    }
+
+    async fn swap_record(
+        &self,
+        key: &Key,
+        expected: &[u8],
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = SWAP_RECORD.key(redis_key("record", key));
+        invocation.arg(expected).arg(value).arg(millis(ttl));
+        let swapped: i64 = self.call(Request::Script(invocation)).await?;
+        Ok(swapped == 1)
+    }
+
+    async fn index_add(&self, index: &Key, member: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut invocation = INDEX_ADD.key(redis_key("index", index));
+        invocation.arg(member).arg(millis(ttl));
+        self.call::<i64>(Request::Script(invocation))
+            .await
+            .map(drop)
+    }
+
+    async fn index_members(&self, index: &Key, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut invocation = INDEX_MEMBERS.key(redis_key("index", index));
+        invocation.arg(limit);
+        self.call(Request::Script(invocation)).await
     }
 
     async fn enrol_device(
