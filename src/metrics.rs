@@ -34,6 +34,11 @@ pub const AUDIT_FAILURES: &str = "countersign_audit_write_failures_total";
 pub const STORE_ERRORS: &str = "countersign_store_errors_total";
 /// `countersign_device_enrolments_total{source}`: devices enrolled through the gateway.
 pub const DEVICE_ENROLMENTS: &str = "countersign_device_enrolments_total";
+/// `countersign_connections_open`: client connections open now.
+pub const CONNECTIONS_OPEN: &str = "countersign_connections_open";
+/// `countersign_connections_dropped_total{reason}`: client connections the gateway closed
+/// before a request was served.
+pub const CONNECTIONS_DROPPED: &str = "countersign_connections_dropped_total";
 /// `countersign_build_info{version}`.
 pub const BUILD_INFO: &str = "countersign_build_info";
 /// `countersign_config_routes{risk}`.
@@ -68,6 +73,10 @@ pub struct Metrics {
     pub config_routes: IntGaugeVec,
     /// Devices enrolled through the gateway, by source (`invite`, `device`).
     pub device_enrolments: IntCounterVec,
+    /// Client connections open now.
+    pub connections_open: IntGauge,
+    /// Client connections closed before a request was served, by reason.
+    pub connections_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -156,6 +165,19 @@ impl Metrics {
         for source in ["invite", "device"] {
             device_enrolments.with_label_values(&[source]);
         }
+        let connections_open = IntGauge::new(CONNECTIONS_OPEN, "Client connections open now.")
+            .expect("static metric definition is valid");
+        let connections_dropped = IntCounterVec::new(
+            Opts::new(
+                CONNECTIONS_DROPPED,
+                "Client connections closed before a request was served, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition is valid");
+        for reason in crate::front::DROP_REASONS {
+            connections_dropped.with_label_values(&[reason]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Build information; always 1."),
             &["version"],
@@ -178,6 +200,8 @@ impl Metrics {
             Box::new(store_errors.clone()),
             Box::new(config_routes.clone()),
             Box::new(device_enrolments.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_dropped.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -199,6 +223,8 @@ impl Metrics {
             store_errors,
             config_routes,
             device_enrolments,
+            connections_open,
+            connections_dropped,
         }
     }
 
