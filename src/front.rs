@@ -35,7 +35,9 @@ use crate::reload::Reloadable;
 /// The `reason` labels of `countersign_connections_dropped_total`.
 pub const DROP_REASONS: [&str; 4] = ["header_timeout", "header_too_large", "shed", "refused"];
 
-/// How much of a head is read at once.
+/// How much of a head is read at once: the first read takes what a usual head needs, later
+/// ones double up to the chunk.
+const FIRST_READ: usize = 1 << 10;
 const READ_CHUNK: usize = 8 << 10;
 
 /// After refusing a head: how long, and how much, the rest of what the client sends is read and
@@ -166,7 +168,7 @@ impl Connections {
         trusted_proxies: &[IpNet],
         metrics: &Metrics,
         drain: Drain,
-    ) -> Connections {
+    ) -> Arc<Connections> {
         let max_total = match open_files_limit() {
             Some(files) => {
                 let fit = (files.saturating_sub(RESERVED_FDS) / 2).max(16) as usize;
@@ -182,7 +184,7 @@ impl Connections {
             None => server.max_connections,
         };
         let dropped = |reason: &str| metrics.connections_dropped.with_label_values(&[reason]);
-        Connections {
+        Arc::new(Connections {
             table: Mutex::new(Table::default()),
             drain,
             drained: Notify::new(),
@@ -194,7 +196,7 @@ impl Connections {
             refused: dropped("refused"),
             header_timeout: dropped("header_timeout"),
             header_too_large: dropped("header_too_large"),
-        }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -249,7 +251,8 @@ impl Connections {
     fn refuse(&self, table: MutexGuard<'_, Table>, ip: Option<IpAddr>) -> Option<Slot> {
         drop(table);
         self.refused.inc();
-        tracing::debug!(client = ?ip, "connection refused: every connection is serving a request");
+        let client = ip.map(|ip| ip.to_string()).unwrap_or_default();
+        tracing::debug!(%client, "connection refused: every connection is serving a request");
         None
     }
 
@@ -499,7 +502,10 @@ async fn read_head(
 /// are added only when they were read.
 async fn read_some(stream: &mut Stream, buf: &mut BytesMut, max: usize) -> std::io::Result<usize> {
     use bytes::BufMut;
-    let room = (max + 1).saturating_sub(buf.len()).clamp(1, READ_CHUNK);
+    let room = (max + 1)
+        .saturating_sub(buf.len())
+        .min(buf.len().clamp(FIRST_READ, READ_CHUNK))
+        .max(1);
     buf.reserve(room);
     stream.read_buf(&mut (&mut *buf).limit(room)).await
 }
@@ -536,7 +542,7 @@ async fn answer(stream: &mut Stream, status: &str, error: &str, description: &st
     if AsyncWriteExt::shutdown(stream).await.is_err() {
         return;
     }
-    let mut sink = [0u8; READ_CHUNK];
+    let mut sink = vec![0u8; FIRST_READ];
     let mut left = LINGER_BYTES;
     let _ = tokio::time::timeout(LINGER, async {
         while left > 0 {

@@ -330,12 +330,7 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
     // Everything is validated before an upgrade takes the listening sockets over.
     let drain = Drain::default();
     let gateway = Reloadable::new(parts.gateway(config.clone())?, drain.clone());
-    let connections = Arc::new(Connections::new(
-        &config.server,
-        &config.trusted_proxies,
-        &metrics,
-        drain,
-    ));
+    let connections = Connections::new(&config.server, &config.trusted_proxies, &metrics, drain);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     let process = Process {
