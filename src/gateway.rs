@@ -117,6 +117,11 @@ impl Gateway {
         })
     }
 
+    /// The config this gateway serves.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The journey of one request up to forwarding; true when the gateway answered it itself.
     async fn sequence(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         // 1. One reading of the request: its target, its host, its header names.
@@ -203,8 +208,6 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         ctx.peer = Peer::new(ip, &self.config.trusted_proxies);
-        // Pingora keeps an idle HTTP/1.1 connection open forever unless told otherwise.
-        session.set_keepalive(Some(self.config.server.keepalive_timeout.as_secs()));
         ctx.span = tracing::info_span!(
             "request",
             request_id = %ctx.request_id,

@@ -16,6 +16,7 @@ mod continuation;
 mod decision;
 pub mod devices;
 mod forwarding;
+mod front;
 mod gateway;
 pub mod htu;
 pub mod jwk;

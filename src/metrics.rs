@@ -44,6 +44,11 @@ pub const APPROVAL_WAIT: &str = "countersign_approval_wait_seconds";
 pub const APPROVAL_WEBHOOK_FAILURES: &str = "countersign_approval_webhook_failures_total";
 /// The `outcome` values of `countersign_approvals_total`.
 pub const APPROVAL_OUTCOMES: [&str; 5] = ["requested", "approved", "denied", "expired", "executed"];
+/// `countersign_connections_open`: client connections open now.
+pub const CONNECTIONS_OPEN: &str = "countersign_connections_open";
+/// `countersign_connections_dropped_total{reason}`: client connections the gateway closed
+/// before a request was served.
+pub const CONNECTIONS_DROPPED: &str = "countersign_connections_dropped_total";
 /// `countersign_build_info{version}`.
 pub const BUILD_INFO: &str = "countersign_build_info";
 /// `countersign_config_routes{risk}`.
@@ -86,6 +91,10 @@ pub struct Metrics {
     pub approval_wait: Histogram,
     /// Failed webhook delivery attempts.
     pub approval_webhook_failures: IntCounter,
+    /// Client connections open now.
+    pub connections_open: IntGauge,
+    /// Client connections closed before a request was served, by reason.
+    pub connections_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -197,6 +206,19 @@ impl Metrics {
             "Approval webhook delivery attempts that failed.",
         )
         .expect("static metric definition is valid");
+        let connections_open = IntGauge::new(CONNECTIONS_OPEN, "Client connections open now.")
+            .expect("static metric definition is valid");
+        let connections_dropped = IntCounterVec::new(
+            Opts::new(
+                CONNECTIONS_DROPPED,
+                "Client connections closed before a request was served, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition is valid");
+        for reason in crate::front::DROP_REASONS {
+            connections_dropped.with_label_values(&[reason]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Build information; always 1."),
             &["version"],
@@ -223,6 +245,8 @@ impl Metrics {
             Box::new(approvals_pending.clone()),
             Box::new(approval_wait.clone()),
             Box::new(approval_webhook_failures.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_dropped.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -248,6 +272,8 @@ impl Metrics {
             approvals_pending,
             approval_wait,
             approval_webhook_failures,
+            connections_open,
+            connections_dropped,
         }
     }
 

@@ -107,7 +107,7 @@ impl QuotaError {
 
 /// The network an address counts in: an IPv4 address (IPv4-mapped IPv6 included), or an IPv6
 /// /64, which one client can always choose addresses in.
-fn network(ip: IpAddr) -> Vec<u8> {
+pub(crate) fn network(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

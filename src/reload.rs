@@ -12,20 +12,28 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::Error;
 
+use crate::front::{Drain, HeadLimits};
 use crate::gateway::{Gateway, RequestCtx};
 
 /// The current gateway, shared by the proxy service and the reload signal.
 #[derive(Clone)]
 pub struct Reloadable {
     current: Arc<RwLock<Arc<Gateway>>>,
+    drain: Drain,
 }
 
 impl Reloadable {
-    /// Starts with `gateway`.
-    pub fn new(gateway: Gateway) -> Reloadable {
+    /// Starts with `gateway`; once `drain` is on, responses close their connection.
+    pub fn new(gateway: Gateway, drain: Drain) -> Reloadable {
         Reloadable {
             current: Arc::new(RwLock::new(Arc::new(gateway))),
+            drain,
         }
+    }
+
+    /// The request head limits of the current config.
+    pub fn head_limits(&self) -> HeadLimits {
+        HeadLimits::of(&self.current().config().server)
     }
 
     /// New requests use `gateway` from now on.
@@ -122,6 +130,11 @@ impl ProxyHttp for Reloadable {
         head: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        // A request that was in flight when the drain began: its client must not reuse the
+        // connection.
+        if self.drain.on() {
+            session.set_keepalive(None);
+        }
         ctx.gateway
             .response_filter(session, head, &mut ctx.inner)
             .await

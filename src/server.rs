@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, Notify};
 use crate::audit::AuditLog;
 use crate::config::{Config, StoreConfig};
 use crate::confirm::Confirmer;
+use crate::front::{Connections, Drain, Front};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::provenance::Signer;
@@ -143,6 +144,7 @@ struct Process {
     source: PathBuf,
     gateway: Reloadable,
     parts: Parts,
+    connections: Arc<Connections>,
 }
 
 /// What a gateway is built from besides its config; kept across reloads.
@@ -326,17 +328,24 @@ fn build(config: Config, runtime: Runtime, start: Option<Start>) -> Result<Assem
         connector: ConnectorOptions::from_server_conf(&server_conf),
     };
     // Everything is validated before an upgrade takes the listening sockets over.
-    let gateway = Reloadable::new(parts.gateway(config.clone())?);
+    let drain = Drain::default();
+    let gateway = Reloadable::new(parts.gateway(config.clone())?, drain.clone());
+    let connections = Connections::new(&config.server, &config.trusted_proxies, &metrics, drain);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     let process = Process {
         source: config.source.clone(),
         gateway: gateway.clone(),
         parts,
+        connections: connections.clone(),
     };
     let audit_handle = audit.clone();
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "countersign");
+    let front = Front::new(
+        pingora::proxy::http_proxy(&server.configuration, gateway.clone()),
+        gateway,
+        connections,
+    );
+    let mut proxy = Service::new("countersign".to_string(), front);
     proxy.add_tcp(&config.listen);
     if let Some(browser) = &config.browser {
         match (&browser.listen, &browser.tls) {
@@ -482,9 +491,10 @@ impl Assembled {
         ignore_hangup_until_handled();
         let phases = server.watch_execution_phase();
         let in_flight = process.parts.metrics.in_flight.clone();
+        let connections = process.connections.clone();
         let audit = process.parts.audit.clone();
         let drained = audit.clone();
-        std::thread::spawn(move || exit_when_drained(phases, in_flight, &drained));
+        std::thread::spawn(move || exit_when_drained(phases, &connections, in_flight, &drained));
         server.run(RunArgs {
             shutdown_signal: Box::new(OperatorSignals { process }),
         });
@@ -522,26 +532,39 @@ fn ignore_hangup_until_handled() {
     }
 }
 
-/// After a graceful stop began (listeners closed), exits as soon as no request is in flight
-/// instead of waiting out the whole grace period.
+/// Drains once SIGTERM or SIGQUIT arrives (idle connections close, responses say
+/// `Connection: close`); after the listeners closed, exits as soon as no connection is reading
+/// a head or serving a request instead of waiting out the whole grace period.
 fn exit_when_drained(
     mut phases: broadcast::Receiver<ExecutionPhase>,
+    connections: &Connections,
     in_flight: IntGauge,
     audit: &AuditLog,
 ) {
     loop {
         match phases.blocking_recv() {
+            // SIGQUIT: the sockets are on their way to the new process, which takes new
+            // connections from now on; clients of this one move over as their connections close.
+            Ok(
+                ExecutionPhase::GracefulUpgradeTransferringFds | ExecutionPhase::GracefulTerminate,
+            ) => connections.drain(),
             Ok(ExecutionPhase::ShutdownGracePeriod) => break,
             Ok(ExecutionPhase::ShutdownRuntimes | ExecutionPhase::Terminated) => return,
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
-    // Two idle looks in a row: a request between accept and its first read is not yet counted.
+    connections.drain();
+    // Two idle looks in a row: a connection the last accept handed over may not have reached
+    // the connection table yet.
     let mut idle = 0;
     while idle < 2 {
         std::thread::sleep(DRAIN_POLL);
-        idle = if in_flight.get() == 0 { idle + 1 } else { 0 };
+        idle = if connections.busy() == 0 && in_flight.get() == 0 {
+            idle + 1
+        } else {
+            0
+        };
     }
     final_checkpoint(audit);
     tracing::info!("no request in flight: exiting");

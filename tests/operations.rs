@@ -649,17 +649,24 @@ fn an_upgrade_socket_directory_others_can_enter_stops_the_start() {
     assert_start_fails(&path, "mode 0700");
 }
 
-/// One GET on a fresh connection; any failure (connect, reset, non-200) is an `Err`.
-async fn try_get(port: u16, path: &str) -> Result<(), String> {
-    use http_body_util::{BodyExt, Empty};
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>;
+
+async fn connect(port: u16) -> Result<Sender, String> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// One GET on `sender`; any failure (reset, no answer, non-200) is an `Err`. `Ok(true)` when
+/// the gateway closes the connection after it (`Connection: close`).
+async fn get_on(sender: &mut Sender, port: u16, path: &str) -> Result<bool, String> {
+    use http_body_util::{BodyExt, Empty};
     let req = hyper::Request::get(path)
         .header("host", format!("127.0.0.1:{port}"))
         .body(Empty::<Bytes>::new())
@@ -669,32 +676,86 @@ async fn try_get(port: u16, path: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("request: {e}"))?;
     let status = resp.status();
+    let close = resp
+        .headers()
+        .get("connection")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     resp.into_body()
         .collect()
         .await
         .map_err(|e| format!("body: {e}"))?;
     if status == 200 {
-        Ok(())
+        Ok(close)
     } else {
         Err(format!("status {status}"))
     }
 }
 
+/// One GET on a fresh connection; any failure (connect, reset, non-200) is an `Err`.
+async fn try_get(port: u16, path: &str) -> Result<(), String> {
+    get_on(&mut connect(port).await?, port, path)
+        .await
+        .map(drop)
+}
+
+/// How a load client uses connections.
+#[derive(Clone, Copy)]
+enum Client {
+    /// A fresh connection per request.
+    Fresh,
+    /// A fresh connection per request, the request sent 20 ms after the connection is made.
+    Slow,
+    /// One connection for as long as the gateway keeps it (a new one after `Connection:
+    /// close`), as browsers and pooled HTTP clients do.
+    KeepAlive,
+}
+
 /// Loopback load from `clients` tasks until `stop`; returns (requests, failures).
 fn load(
     port: u16,
-    clients: usize,
+    clients: &[Client],
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<(usize, Vec<String>)>> {
     use std::sync::atomic::Ordering;
-    (0..clients)
-        .map(|c| {
+    clients
+        .iter()
+        .copied()
+        .enumerate()
+        .map(|(c, kind)| {
             let stop = stop.clone();
             tokio::spawn(async move {
                 let (mut done, mut failed) = (0, Vec::new());
+                let mut kept: Option<Sender> = None;
                 while !stop.load(Ordering::Relaxed) {
-                    if let Err(e) = try_get(port, &format!("/load/{c}/{done}")).await {
-                        failed.push(e);
+                    let path = format!("/load/{c}/{done}");
+                    let result = match kind {
+                        Client::Fresh => try_get(port, &path).await,
+                        Client::Slow => match connect(port).await {
+                            Ok(mut sender) => {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                get_on(&mut sender, port, &path).await.map(drop)
+                            }
+                            Err(e) => Err(e),
+                        },
+                        Client::KeepAlive => {
+                            let sender = match kept.take() {
+                                Some(s) => Ok(s),
+                                None => connect(port).await,
+                            };
+                            match sender {
+                                Ok(mut sender) => {
+                                    let r = get_on(&mut sender, port, &path).await;
+                                    if r == Ok(false) {
+                                        kept = Some(sender);
+                                    }
+                                    r.map(drop)
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
+                    };
+                    if let Err(e) = result {
+                        failed.push(format!("{path}: {e}"));
                     }
                     done += 1;
                 }
@@ -724,7 +785,18 @@ async fn a_reload_and_an_upgrade_under_load_fail_no_request() {
     );
     let old = Gateway::start(&path, port).await;
     let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let clients = load(port, 4, stop.clone());
+    let clients = load(
+        port,
+        &[
+            Client::Fresh,
+            Client::Fresh,
+            Client::Slow,
+            Client::Slow,
+            Client::KeepAlive,
+            Client::KeepAlive,
+        ],
+        stop.clone(),
+    );
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     old.signal("HUP");

@@ -903,6 +903,10 @@ struct FileServer {
     shutdown_timeout: Option<Parsed<Duration>>,
     upgrade_sock: Option<PathBuf>,
     keepalive_timeout: Option<Parsed<Duration>>,
+    header_timeout: Option<Parsed<Duration>>,
+    max_header_bytes: Option<Parsed<Bytes>>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
 }
 
 /// `log.format`.
@@ -1196,6 +1200,10 @@ impl FileConfig {
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 upgrade_sock: super::default_upgrade_sock(),
                 keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+                header_timeout: DEFAULT_HEADER_TIMEOUT,
+                max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             },
         };
         let log = match self.log.and_then(|l| l.format) {
@@ -1296,6 +1304,13 @@ const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_HEADER_BYTES: usize = 32 << 10;
+/// The range a request head limit may be set in: below 1 KiB ordinary browsers are refused,
+/// above 1 MiB Pingora's own limit applies first.
+const HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = (1 << 10)..=(1 << 20);
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn default_threads() -> usize {
@@ -1711,6 +1726,33 @@ impl FileServer {
                 }
                 Some(Parsed(d)) => d,
                 None => DEFAULT_KEEPALIVE_TIMEOUT,
+            },
+            header_timeout: match self.header_timeout {
+                Some(Parsed(d)) if d < Duration::from_secs(1) => {
+                    return invalid("server.header_timeout", "must be at least 1s")
+                }
+                Some(Parsed(d)) => d,
+                None => DEFAULT_HEADER_TIMEOUT,
+            },
+            max_header_bytes: match self.max_header_bytes {
+                Some(Parsed(Bytes(n))) if !HEADER_BYTES_RANGE.contains(&n) => {
+                    return invalid(
+                        "server.max_header_bytes",
+                        "must be between 1KiB and 1MiB (nginx, Envoy and HAProxy use 8KiB to 64KiB)",
+                    )
+                }
+                Some(Parsed(Bytes(n))) => n,
+                None => DEFAULT_MAX_HEADER_BYTES,
+            },
+            max_connections: match self.max_connections {
+                Some(0) => return invalid("server.max_connections", "must be at least 1"),
+                Some(n) => n,
+                None => DEFAULT_MAX_CONNECTIONS,
+            },
+            max_connections_per_ip: match self.max_connections_per_ip {
+                Some(0) => return invalid("server.max_connections_per_ip", "must be at least 1"),
+                Some(n) => n,
+                None => DEFAULT_MAX_CONNECTIONS_PER_IP,
             },
         })
     }

@@ -240,6 +240,16 @@ pub struct ServerConfig {
     pub upgrade_sock: PathBuf,
     /// How long an idle client connection is kept open for its next request (default 60 s).
     pub keepalive_timeout: Duration,
+    /// How long a client has to send a whole request head, from its first byte (from the
+    /// connection's start for the first request); default 10 s.
+    pub header_timeout: Duration,
+    /// The largest request head accepted, request line and headers (default 32 KiB).
+    pub max_header_bytes: usize,
+    /// Client connections open at once (default 10 000, lowered to fit the open-files limit).
+    pub max_connections: usize,
+    /// Client connections open at once from one client network (default 256); peers in
+    /// `trusted_proxies` count only in the total.
+    pub max_connections_per_ip: usize,
 }
 
 /// The default upgrade socket: in the user's runtime directory, `/run/countersign` for root,
