@@ -90,19 +90,8 @@ impl Gateway {
             config.risk.clone(),
             &config.session.groups_claim,
         );
-        let browser = match (&config.browser, &config.public_origin) {
-            (Some(b), Some(public)) => Some(Browser::new(
-                b.clone(),
-                public.clone(),
-                confirmer.store().clone(),
-                &config.session,
-                &config.confirmation,
-            )?),
-            _ => None,
-        };
-        let needed = config.routes.routes().iter().any(|r| r.approval.is_some());
-        let approvals =
-            approval_step::Approvals::new(confirmer.store().clone(), metrics.clone(), needed)?;
+        let browser = browser_step::browser_for(&config, confirmer.store())?;
+        let approvals = approval_step::Approvals::for_config(&config, confirmer.store(), &metrics)?;
         Ok(Gateway {
             approvals,
             ledger: Ledger::new(audit, metrics, &config.routes),

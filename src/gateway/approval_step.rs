@@ -50,6 +50,16 @@ pub(super) struct Approvals {
 }
 
 impl Approvals {
+    /// The approvals of `config` over `store`: the worker runs when a route needs approvals.
+    pub fn for_config(
+        config: &crate::config::Config,
+        store: &Arc<dyn crate::store::ReplayStore>,
+        metrics: &Arc<crate::metrics::Metrics>,
+    ) -> std::io::Result<Approvals> {
+        let needed = config.routes.routes().iter().any(|r| r.approval.is_some());
+        Approvals::new(store.clone(), metrics.clone(), needed)
+    }
+
     /// The approvals over `store`; the worker runs when a route needs approvals.
     pub fn new(
         store: Arc<dyn crate::store::ReplayStore>,

@@ -2,6 +2,8 @@
 //! confirmations"): the confirmation origin, the resume endpoint, and the navigation back to the
 //! held request, which is then forwarded like any confirmed one.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
@@ -11,9 +13,29 @@ use uuid::Uuid;
 use super::forward::Confirmed;
 use super::{Gateway, RequestCtx};
 use crate::body::{read_body, BodyRead};
-use crate::browser::{self, Browser};
+use crate::browser::{self, Browser, CeremonyError};
+use crate::config::Config;
 use crate::confirm::Confirmation;
 use crate::policy;
+use crate::store::ReplayStore;
+
+/// Browser confirmations, when the config has a `browser:` section (which needs `public_origin`).
+pub(super) fn browser_for(
+    config: &Config,
+    store: &Arc<dyn ReplayStore>,
+) -> Result<Option<Browser>, CeremonyError> {
+    match (&config.browser, &config.public_origin) {
+        (Some(b), Some(public)) => Browser::new(
+            b.clone(),
+            public.clone(),
+            store.clone(),
+            &config.session,
+            &config.confirmation,
+        )
+        .map(Some),
+        _ => Ok(None),
+    }
+}
 
 impl Gateway {
     /// Answers the steps of a browser confirmation; true when the request was answered.
