@@ -149,7 +149,8 @@ enum ApprovalsCommand {
     },
     /// Show one approval as JSON.
     Show {
-        /// The approval id.
+        /// The approval id (base64url: it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
         /// The gateway config (its store is read).
         #[arg(long, short)]
@@ -165,7 +166,8 @@ enum ApprovalsCommand {
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("session").required(true).args(["token", "cookie", "session_header"])))]
 struct VoteArgs {
-    /// The approval id.
+    /// The approval id (base64url: it may start with `-`).
+    #[arg(allow_hyphen_values = true)]
     id: String,
     /// The gateway's base URL, e.g. http://127.0.0.1:8080.
     #[arg(long)]

@@ -876,6 +876,30 @@ fn listing_approvals_refuses_the_memory_store() {
         file.to_str().expect("UTF-8"),
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an approval id"));
+    // An id is base64url: one that starts with `-` is an id, not an option.
+    let file = file.to_str().expect("UTF-8");
+    let out = cli(&[
+        "approvals",
+        "show",
+        "-AAAAAAAAAAAAAAAAAAAAA",
+        "--config",
+        file,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store.kind memory"), "{err}");
+    let vote = [
+        "approvals",
+        "approve",
+        "-AAAAAAAAAAAAAAAAAAAAA",
+        "--gateway",
+        "http://127.0.0.1:1",
+        "--key",
+        file,
+        "--token",
+        "t",
+    ];
+    let err = String::from_utf8_lossy(&cli(&vote).stderr).into_owned();
+    assert!(!err.contains("unexpected argument"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
