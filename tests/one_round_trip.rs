@@ -52,6 +52,11 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// Asserts `r` is the refusal `want`, with the upstream still at `before` requests.
+async fn refused_as(w: &World, r: &Reply, before: usize, want: Refused<'_>) {
+    assert_refused(&w.gw, || w.upstream.count(), before, r, want).await;
+}
+
 /// The first confirmation of a session: challenge, then a retry that signs its action.
 async fn first(w: &World, key: &DeviceKey) -> String {
     let nonce = w
@@ -136,14 +141,7 @@ async fn the_next_nonce_confirms_only_the_signed_action_of_its_session_and_devic
         .signed_hash(&key, &nonce, &other)
         .send()
         .await;
-    assert_refused(
-        &w.gw,
-        || w.upstream.count(),
-        before,
-        &r,
-        refused("cs_ach of another action"),
-    )
-    .await;
+    refused_as(&w, &r, before, refused("cs_ach of another action")).await;
 
     // The body is part of the action.
     let r = w
@@ -153,14 +151,7 @@ async fn the_next_nonce_confirms_only_the_signed_action_of_its_session_and_devic
         .signed_hash(&key, &nonce, &action_hash("POST", target, &sha256(b"")))
         .send()
         .await;
-    assert_refused(
-        &w.gw,
-        || w.upstream.count(),
-        before,
-        &r,
-        refused("cs_ach of another body"),
-    )
-    .await;
+    refused_as(&w, &r, before, refused("cs_ach of another body")).await;
 
     // A proof that does not sign its action cannot use an open nonce.
     let r = w
@@ -169,14 +160,7 @@ async fn the_next_nonce_confirms_only_the_signed_action_of_its_session_and_devic
         .signed(&key, &nonce)
         .send()
         .await;
-    assert_refused(
-        &w.gw,
-        || w.upstream.count(),
-        before,
-        &r,
-        refused("no cs_ach"),
-    )
-    .await;
+    refused_as(&w, &r, before, refused("no cs_ach")).await;
 
     // Another device (refused as for any nonce: the session is bound to the first), and
     // another session.
@@ -191,21 +175,14 @@ async fn the_next_nonce_confirms_only_the_signed_action_of_its_session_and_devic
         reason: "device_mismatch",
         ..refused("another device")
     };
-    assert_refused(&w.gw, || w.upstream.count(), before, &r, another_device).await;
+    refused_as(&w, &r, before, another_device).await;
     let r = w
         .request("DELETE", target)
         .cookie(OTHER_SID)
         .signed_action(&key, &nonce)
         .send()
         .await;
-    assert_refused(
-        &w.gw,
-        || w.upstream.count(),
-        before,
-        &r,
-        refused("another session"),
-    )
-    .await;
+    refused_as(&w, &r, before, refused("another session")).await;
 
     // None of those spent it; used once, it is spent.
     let r = w
@@ -225,5 +202,5 @@ async fn the_next_nonce_confirms_only_the_signed_action_of_its_session_and_devic
         reason: "replay",
         ..refused("used twice")
     };
-    assert_refused(&w.gw, || w.upstream.count(), before + 1, &r, replay).await;
+    refused_as(&w, &r, before + 1, replay).await;
 }
