@@ -278,10 +278,12 @@ impl Gateway {
         }
     }
 
-    /// The audit records written so far.
+    /// The audit records written so far: every complete line (the gateway may be writing the
+    /// next one while this reads).
     pub fn audit(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.audit_path)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
             .collect()
